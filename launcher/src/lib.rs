@@ -1,0 +1,1 @@
+//! Launch socket-activated daemons.

@@ -1,0 +1,1 @@
+//! Receiver for the `LISTEN_FDS`/`LISTEN_PID` socket-passing protocol.
