@@ -1,1 +1,77 @@
-//! Receiver for the `LISTEN_FDS`/`LISTEN_PID` socket-passing protocol.
+//! Receive sockets passed with the `LISTEN_FDS`/`LISTEN_PID` protocol (systemd socket
+//! activation, `sd-launch`, `systemd-socket-activate`, systemfd, ...), with the same outcome as
+//! libsystemd's `sd_listen_fds_with_names()` for every input, typed hand-out, and errors that
+//! say what went wrong.
+//!
+//! A daemon that supports socket activation and falls back to binding:
+//!
+//! ```
+//! fn main() -> Result<(), listenfd_core::Error> {
+//!     let listener = listenfd_core::tcp_listener_or_bind("127.0.0.1:8080")?;
+//!     println!("listening on {:?}", listener.local_addr());
+//!     Ok(()) // for conn in listener.incoming() { ... }
+//! }
+//! ```
+//!
+//! More control — several fds, by name, lenient mode, tokio:
+//!
+//! ```
+//! use listenfd_core::{FdKind, Options};
+//! let mut fds = Options::new().lenient(true).from_env()?;
+//! for i in 0..fds.len() {
+//!     let info = fds.inspect(i)?;
+//!     if let FdKind::Socket { listening: true, .. } = info.kind {
+//!         println!("{info}");
+//!     }
+//! }
+//! let http = fds.tcp_listener_or_bind("http", "127.0.0.1:0")?;
+//! # drop(http);
+//! # Ok::<(), listenfd_core::Error>(())
+//! ```
+//!
+//! # Semantics
+//!
+//! * **Strict by default**, like libsystemd: fds 3.. are ours only when `LISTEN_PID` is our pid
+//!   (and `LISTEN_PIDFDID`, when set, is our pidfd inode id). Otherwise the result is empty, not
+//!   an error. Malformed variables are errors ([`Error::errno`] gives libsystemd's errno).
+//!   [`Options::lenient`] accepts a missing `LISTEN_PID` and honours `LISTEN_FDS_FIRST_FD`.
+//! * **Owned once**: [`ListenFds::from_env`] may be called once per process; it sets
+//!   `FD_CLOEXEC` on every passed fd. Each fd is taken once, by index or by name
+//!   ([`Which`]); a failed take leaves it in place.
+//! * **Typed**: every take first inspects the fd ([`inspect`]) and refuses a mismatch — a
+//!   connected socket is not a listener, `/dev/null` is not a socket — saying what it found.
+//! * **Environment**: the `LISTEN_*` variables are removed only when that is sound; see
+//!   [`Options`] for the Rust 2024 `remove_var` story and [`Options::unset_env`] to never touch
+//!   the environment.
+//! * The pure decision logic is [`env::parse`], usable without any process state.
+//!
+//! # Debugging
+//!
+//! `cargo run -p listenfd-core --example inspect` under any launcher prints what a process
+//! receives as JSON, e.g. `sd-launch -- target/debug/examples/inspect`.
+//!
+//! # Running under systemd
+//!
+//! `examples/systemd/` holds a `demo-server.socket` / `demo-server.service` pair. Install both
+//! in `/etc/systemd/system/` (adjust `ExecStart=`), then `systemctl start demo-server.socket`:
+//! systemd listens, and starts the service with the socket at fd 3 and `LISTEN_FDNAMES=http`
+//! (from `FileDescriptorName=`) on the first connection.
+//!
+//! # Features
+//!
+//! * `tokio`: [`ListenFds::tokio_tcp_listener`] and friends, which set `O_NONBLOCK` and check
+//!   for a running runtime before handing the fd to tokio.
+
+mod convert;
+pub mod env;
+mod error;
+mod fallback;
+mod fds;
+pub mod inspect;
+#[cfg(feature = "tokio")]
+mod tokio;
+
+pub use error::Error;
+pub use fallback::tcp_listener_or_bind;
+pub use fds::{ListenFds, Options, Which, remove_env};
+pub use inspect::{Family, FdInfo, FdKind, LocalAddr, SocketType};
