@@ -16,7 +16,7 @@
 //! let vars = Vars { listen_pid: Some("42"), listen_fds: Some("2"), listen_fdnames: Some("http:admin"), ..Vars::default() };
 //! let parsed = env::parse(&vars, 42, None, false)?;
 //! assert_eq!(parsed.fds(), 3..5);
-//! assert_eq!(parsed.names, ["http", "admin"]);
+//! assert_eq!(parsed.name(1), Some("admin"));
 //! # Ok::<(), listenfd_core::env::EnvError>(())
 //! ```
 
@@ -77,9 +77,12 @@ pub struct Vars<'a> {
 pub struct Parsed {
     /// First passed fd: 3, or `LISTEN_FDS_FIRST_FD` in lenient mode.
     pub first_fd: RawFd,
-    /// One name per passed fd (`"unknown"` when `LISTEN_FDNAMES` is absent). Empty when the
-    /// variables are not for this process.
-    pub names: Vec<String>,
+    /// Number of passed fds; 0 when the variables are not for this process.
+    pub count: usize,
+    /// One name per passed fd, or `None` when `LISTEN_FDNAMES` is absent (every fd is then
+    /// named `"unknown"`; see [`Parsed::name`]). Not materialized, since `LISTEN_FDS` may
+    /// announce up to `INT_MAX - 3` fds before any of them is checked.
+    pub names: Option<Vec<String>>,
 }
 
 impl Parsed {
@@ -91,7 +94,7 @@ impl Parsed {
     /// assert_eq!(p.len(), 3);
     /// ```
     pub fn len(&self) -> usize {
-        self.names.len()
+        self.count
     }
 
     /// True when no fds were passed to this process ("not for us").
@@ -103,7 +106,23 @@ impl Parsed {
     /// assert!(p.is_empty());
     /// ```
     pub fn is_empty(&self) -> bool {
-        self.names.is_empty()
+        self.count == 0
+    }
+
+    /// Name of the fd at `index` (from 0): from `LISTEN_FDNAMES`, else `"unknown"`.
+    ///
+    /// ```
+    /// # use listenfd_core::env::{parse, Vars};
+    /// let v = Vars { listen_pid: Some("7"), listen_fds: Some("2"), ..Vars::default() };
+    /// let p = parse(&v, 7, None, false).unwrap();
+    /// assert_eq!(p.name(1), Some("unknown"));
+    /// assert_eq!(p.name(2), None);
+    /// ```
+    pub fn name(&self, index: usize) -> Option<&str> {
+        match &self.names {
+            Some(names) => names.get(index).map(String::as_str),
+            None => (index < self.count).then_some("unknown"),
+        }
     }
 
     /// The passed fd numbers, `first_fd .. first_fd + len`.
@@ -115,8 +134,8 @@ impl Parsed {
     /// assert_eq!(p.fds(), 10..12);
     /// ```
     pub fn fds(&self) -> Range<RawFd> {
-        // `parse` guarantees first_fd + len <= i32::MAX.
-        self.first_fd..self.first_fd + self.names.len() as RawFd
+        // `parse` guarantees first_fd + count <= i32::MAX.
+        self.first_fd..self.first_fd + self.count as RawFd
     }
 }
 
@@ -216,7 +235,7 @@ impl EnvError {
 /// // Without LISTEN_PID: strict says "not for us", lenient accepts.
 /// let v = Vars { listen_fds: Some("1"), ..Vars::default() };
 /// assert!(parse(&v, 5, None, false)?.is_empty());
-/// assert_eq!(parse(&v, 5, None, true)?.names, ["unknown"]);
+/// assert_eq!(parse(&v, 5, None, true)?.name(0), Some("unknown"));
 /// # Ok::<(), listenfd_core::env::EnvError>(())
 /// ```
 pub fn parse(
@@ -231,7 +250,8 @@ pub fn parse(
     };
     let not_for_us = Ok(Parsed {
         first_fd: LISTEN_FDS_START,
-        names: Vec::new(),
+        count: 0,
+        names: None,
     });
 
     match vars.listen_pid {
@@ -283,19 +303,21 @@ pub fn parse(
             why: "the last fd would exceed INT_MAX",
         });
     }
-    let n = n as usize;
-    let names = match names {
-        Some(names) if names.len() != n => {
+    let count = n as usize;
+    if let Some(names) = &names {
+        if names.len() != count {
             return Err(EnvError::NameCountMismatch {
                 names: names.len(),
-                fds: n,
+                fds: count,
                 first_fd,
             });
         }
-        Some(names) => names,
-        None => vec!["unknown".to_owned(); n],
-    };
-    Ok(Parsed { first_fd, names })
+    }
+    Ok(Parsed {
+        first_fd,
+        count,
+        names,
+    })
 }
 
 // ---------------------------------------------------------------------------------------------

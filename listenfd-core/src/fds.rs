@@ -281,7 +281,8 @@ fn receive(vars: &Vars<'_>, lenient: bool) -> Result<ListenFds, Error> {
             // libsystemd sets FD_CLOEXEC (reporting EBADF first) before comparing the counts.
             let range = Parsed {
                 first_fd,
-                names: vec![String::new(); fds],
+                count: fds,
+                names: None,
             };
             set_cloexec_all(&range)?;
             return Err(EnvError::NameCountMismatch {
@@ -297,10 +298,10 @@ fn receive(vars: &Vars<'_>, lenient: bool) -> Result<ListenFds, Error> {
     let count = parsed.len();
     let slots = parsed
         .fds()
-        .zip(parsed.names)
-        .map(|(fd, name)| Slot {
+        .enumerate()
+        .map(|(index, fd)| Slot {
             fd,
-            name,
+            name: parsed.name(index).unwrap_or("unknown").to_owned(),
             // SAFETY: the fd is open (FD_CLOEXEC was just set on it), the protocol hands it to
             // this process, and the process-wide CLAIMED flag makes this the only owner this
             // crate ever creates for it.
