@@ -14,11 +14,14 @@ const INHERITED_HINT: &str = "the variables were probably inherited by a process
 
 /// Everything that can go wrong when receiving passed fds.
 ///
+/// A daemon prints it on one line and exits non-zero:
+///
 /// ```
 /// use listenfd_core::{Error, ListenFds};
-/// // Shows the message format; in a real daemon print it and exit.
-/// fn report(e: &Error) -> String { format!("error: {e}") }
-/// # let _ = report;
+/// let mut fds = ListenFds::default(); // nothing passed
+/// let err = fds.tcp_listener("http").unwrap_err();
+/// assert!(matches!(err, Error::NoSuchFd { .. }));
+/// assert_eq!(err.to_string(), r#"no passed fd named "http": no fds were passed to this process"#);
 /// ```
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
