@@ -102,6 +102,14 @@ pub enum Error {
         /// The OS error.
         source: io::Error,
     },
+    /// Registering the fd with the tokio runtime failed (the fd was consumed by tokio).
+    #[error("cannot register passed fd {fd} with the tokio runtime: {source}")]
+    Register {
+        /// The fd.
+        fd: RawFd,
+        /// The OS error.
+        source: io::Error,
+    },
     /// A tokio conversion was called outside a tokio runtime.
     #[error(
         "tokio conversion of fd {fd} needs a running tokio runtime: call it inside #[tokio::main] \

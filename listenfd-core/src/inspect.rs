@@ -105,6 +105,35 @@ impl FdKind {
     pub fn is_socket(&self) -> bool {
         matches!(self, FdKind::Socket { .. })
     }
+
+    /// Short machine-readable kind, as in sd-launch's JSON output: `tcp`, `udp`,
+    /// `unix-stream`, `unix-dgram`, `unix-seqpacket`, or `fd` for anything else.
+    ///
+    /// ```
+    /// use listenfd_core::inspect::inspect_fd;
+    /// let udp = std::net::UdpSocket::bind("127.0.0.1:0")?;
+    /// assert_eq!(inspect_fd(&udp)?.label(), "udp");
+    /// assert_eq!(listenfd_core::FdKind::Fifo.label(), "fd");
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn label(&self) -> &'static str {
+        let FdKind::Socket {
+            family,
+            socket_type,
+            ..
+        } = self
+        else {
+            return "fd";
+        };
+        match (family, socket_type) {
+            (Family::Inet | Family::Inet6, SocketType::Stream) => "tcp",
+            (Family::Inet | Family::Inet6, SocketType::Dgram) => "udp",
+            (Family::Unix, SocketType::Stream) => "unix-stream",
+            (Family::Unix, SocketType::Dgram) => "unix-dgram",
+            (Family::Unix, SocketType::SeqPacket) => "unix-seqpacket",
+            _ => "fd",
+        }
+    }
 }
 
 fn with_path(f: &mut fmt::Formatter<'_>, what: &str, path: &Option<PathBuf>) -> fmt::Result {

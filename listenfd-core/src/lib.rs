@@ -62,14 +62,28 @@
 //! * `tokio`: [`ListenFds::tokio_tcp_listener`] and friends, which set `O_NONBLOCK` and check
 //!   for a running runtime before handing the fd to tokio.
 
-mod convert;
+// Table of contents, in the order data flows: variables -> fds -> what they are -> typed values.
+
+// Pure parsing of the `LISTEN_*` variables (no syscalls).
 pub mod env;
-mod error;
-mod fallback;
+
+// `ListenFds`, the once-only owner; `Options`; removal of the variables.
 mod fds;
+
+// What an fd is (`sd_is_socket*` as one value).
 pub mod inspect;
+
+// Typed hand-out into std types, and into tokio types (feature `tokio`).
+mod convert;
+
 #[cfg(feature = "tokio")]
 mod tokio;
+
+// Passed socket or bind.
+mod fallback;
+
+// The error type.
+mod error;
 
 pub use error::Error;
 pub use fallback::tcp_listener_or_bind;

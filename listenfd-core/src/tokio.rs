@@ -28,7 +28,7 @@ fn prepare(fd: RawFd) -> Result<(), Error> {
 }
 
 fn register<T>(fd: RawFd, result: std::io::Result<T>) -> Result<T, Error> {
-    result.map_err(|source| Error::NonBlocking { fd, source })
+    result.map_err(|source| Error::Register { fd, source })
 }
 
 impl ListenFds {
