@@ -214,8 +214,11 @@ fn claim() -> Result<(), Error> {
 /// satisfies this.
 ///
 /// ```
-/// // SAFETY: doctests run this `main` on a single thread.
-/// unsafe { listenfd_core::remove_env() };
+/// // SAFETY: this doctest's `main` runs on a single thread and starts none.
+/// unsafe {
+///     std::env::set_var("LISTEN_FDS", "1");
+///     listenfd_core::remove_env();
+/// }
 /// assert!(std::env::var_os("LISTEN_FDS").is_none());
 /// ```
 pub unsafe fn remove_env() {
