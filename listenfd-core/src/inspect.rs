@@ -431,6 +431,7 @@ fn decode_addr(storage: &libc::sockaddr_storage, len: usize) -> Option<LocalAddr
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::fd::{FromRawFd, OwnedFd};
     use std::os::unix::net::{UnixDatagram, UnixListener, UnixStream};
 
     #[test]
@@ -464,7 +465,11 @@ mod tests {
 
     #[test]
     fn pipe_and_closed() {
-        let (r, _w) = std::io::pipe().unwrap();
+        let mut ends = [0; 2];
+        // SAFETY: `ends` has room for the two fds pipe() writes.
+        assert_eq!(unsafe { libc::pipe(ends.as_mut_ptr()) }, 0);
+        // SAFETY: pipe() just returned these fds to us; nothing else owns them.
+        let (r, _w) = unsafe { (OwnedFd::from_raw_fd(ends[0]), OwnedFd::from_raw_fd(ends[1])) };
         assert_eq!(inspect_fd(&r).unwrap(), FdKind::Fifo);
         // A number far above any open fd (closing one of ours would race with other tests).
         assert_eq!(inspect_raw(i32::MAX).unwrap(), FdKind::Closed);
