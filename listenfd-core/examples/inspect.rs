@@ -13,6 +13,7 @@
 
 use std::process::ExitCode;
 
+use listenfd_core::env::NotForUs;
 use listenfd_core::{FdKind, ListenFds, Options};
 use serde::Serialize;
 
@@ -90,10 +91,13 @@ fn main() -> ExitCode {
             }
         }
     }
-    let result = Options::new()
-        .lenient(lenient)
-        .from_env()
-        .and_then(|fds| describe(&fds));
+    let result = Options::new().lenient(lenient).from_env().and_then(|fds| {
+        // Say why nothing was received (on stderr, so stdout stays one JSON object).
+        if let Some(why) = fds.not_for_us().filter(|w| *w != NotForUs::NothingPassed) {
+            eprintln!("inspect: nothing received: {why}");
+        }
+        describe(&fds)
+    });
     match result {
         Ok(report) => {
             let line = serde_json::to_string(&report).expect("plain strings and numbers serialize");

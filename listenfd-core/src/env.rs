@@ -83,6 +83,79 @@ pub struct Parsed {
     /// named `"unknown"`; see [`Parsed::name`]). Not materialized, since `LISTEN_FDS` may
     /// announce up to `INT_MAX - 3` fds before any of them is checked.
     pub names: Option<Vec<String>>,
+    /// Why nothing was passed to this process (`Some` exactly when `count == 0`).
+    pub not_for_us: Option<NotForUs>,
+}
+
+/// Why the variables do not pass anything to this process. Not an error (libsystemd returns
+/// 0), but worth a log line: `Display` says what was seen and the likely fix.
+///
+/// ```
+/// use listenfd_core::env::{parse, NotForUs, Vars};
+/// let v = Vars { listen_pid: Some("41"), listen_fds: Some("1"), ..Vars::default() };
+/// let why = parse(&v, 42, None, false).unwrap().not_for_us.unwrap();
+/// assert_eq!(why, NotForUs::OtherProcess { listen_pid: 41, our_pid: 42 });
+/// assert!(why.to_string().starts_with("LISTEN_PID=41 names another process (this is 42)"));
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum NotForUs {
+    /// Neither `LISTEN_PID` nor `LISTEN_FDS` is set: not started by a socket-passing launcher.
+    NothingPassed,
+    /// `LISTEN_FDS` is set but `LISTEN_PID` is not, and strict mode requires it.
+    NoListenPid,
+    /// `LISTEN_PID` names another process.
+    OtherProcess {
+        /// The pid in `LISTEN_PID`.
+        listen_pid: u32,
+        /// This process.
+        our_pid: u32,
+    },
+    /// `LISTEN_PIDFDID` names another process (whose pid was reused by us).
+    OtherPidfd {
+        /// The id in `LISTEN_PIDFDID`.
+        listen_pidfdid: u64,
+        /// Our pidfd inode id.
+        ours: u64,
+    },
+    /// `LISTEN_PID` is ours but `LISTEN_FDS` is not set.
+    NoListenFds,
+}
+
+impl std::fmt::Display for NotForUs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            NotForUs::NothingPassed => f.write_str(
+                "no LISTEN_FDS in the environment: not started by a socket-passing launcher",
+            ),
+            NotForUs::NoListenPid => f.write_str(
+                "LISTEN_FDS is set but LISTEN_PID is not: strict mode ignores such variables; \
+                 if the launcher omits LISTEN_PID on purpose (systemfd --no-pid, watchexec \
+                 --socket), enable lenient mode",
+            ),
+            NotForUs::OtherProcess {
+                listen_pid,
+                our_pid,
+            } => write!(
+                f,
+                "LISTEN_PID={listen_pid} names another process (this is {our_pid}): the variables \
+                 were meant for a parent such as `cargo run` or a shell wrapper; start the daemon \
+                 directly from the launcher (or exec it from the wrapper), or have the launcher \
+                 omit LISTEN_PID and enable lenient mode"
+            ),
+            NotForUs::OtherPidfd {
+                listen_pidfdid,
+                ours,
+            } => write!(
+                f,
+                "LISTEN_PIDFDID={listen_pidfdid} is not this process (pidfd id {ours}): the \
+                 variables were meant for an earlier process with the same pid"
+            ),
+            NotForUs::NoListenFds => f.write_str(
+                "LISTEN_PID is ours but LISTEN_FDS is not set: the launcher passed no fds",
+            ),
+        }
+    }
 }
 
 impl Parsed {
@@ -248,30 +321,45 @@ pub fn parse(
         Some(value) => Some(split_names(value)?),
         None => None,
     };
-    let not_for_us = Ok(Parsed {
-        first_fd: LISTEN_FDS_START,
-        count: 0,
-        names: None,
-    });
+    let not_for_us = |why| {
+        Ok(Parsed {
+            first_fd: LISTEN_FDS_START,
+            count: 0,
+            names: None,
+            not_for_us: Some(why),
+        })
+    };
 
     match vars.listen_pid {
-        None if !lenient => return not_for_us,
+        None if !lenient && vars.listen_fds.is_none() => {
+            return not_for_us(NotForUs::NothingPassed);
+        }
+        None if !lenient => return not_for_us(NotForUs::NoListenPid),
         None => {}
         Some(value) => {
             let wanted = parse_pid(value)?;
             if wanted as u32 != pid {
-                return not_for_us;
+                return not_for_us(NotForUs::OtherProcess {
+                    listen_pid: wanted as u32,
+                    our_pid: pid,
+                });
             }
         }
     }
     if let Some(value) = vars.listen_pidfdid {
         let wanted = parse_u64(value, "LISTEN_PIDFDID")?;
-        if pidfd_id.is_some_and(|own| own != wanted) {
-            return not_for_us;
+        if let Some(ours) = pidfd_id.filter(|&own| own != wanted) {
+            return not_for_us(NotForUs::OtherPidfd {
+                listen_pidfdid: wanted,
+                ours,
+            });
         }
     }
     let Some(fds_value) = vars.listen_fds else {
-        return not_for_us;
+        return not_for_us(match vars.listen_pid {
+            Some(_) => NotForUs::NoListenFds,
+            None => NotForUs::NothingPassed,
+        });
     };
     let n = parse_int(fds_value, "LISTEN_FDS")?;
 
@@ -317,6 +405,7 @@ pub fn parse(
         first_fd,
         count,
         names,
+        not_for_us: None,
     })
 }
 

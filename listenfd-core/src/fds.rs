@@ -4,7 +4,7 @@ use std::fmt;
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use crate::env::{self, EnvError, Parsed, Vars};
+use crate::env::{self, EnvError, NotForUs, Parsed, Vars};
 use crate::error::Error;
 use crate::inspect::{self, FdInfo, FdKind};
 
@@ -286,6 +286,7 @@ fn receive(vars: &Vars<'_>, lenient: bool) -> Result<ListenFds, Error> {
                 first_fd,
                 count: fds,
                 names: None,
+                not_for_us: None,
             };
             set_cloexec_all(&range)?;
             return Err(EnvError::NameCountMismatch {
@@ -315,6 +316,7 @@ fn receive(vars: &Vars<'_>, lenient: bool) -> Result<ListenFds, Error> {
         slots,
         count,
         env_unset: false,
+        not_for_us: parsed.not_for_us,
     })
 }
 
@@ -372,6 +374,7 @@ pub struct ListenFds {
     slots: Vec<Slot>,
     count: usize,
     env_unset: bool,
+    not_for_us: Option<NotForUs>,
 }
 
 impl ListenFds {
@@ -441,6 +444,21 @@ impl ListenFds {
     /// ```
     pub fn env_unset(&self) -> bool {
         self.env_unset
+    }
+
+    /// Why nothing was received, when nothing was: worth logging before falling back to
+    /// binding, since the usual cause (`LISTEN_PID` names a `cargo run` or shell wrapper
+    /// parent) is otherwise silent.
+    ///
+    /// ```
+    /// let fds = listenfd_core::ListenFds::from_env()?;
+    /// if let Some(why) = fds.not_for_us() {
+    ///     eprintln!("not socket-activated: {why}");
+    /// }
+    /// # Ok::<(), listenfd_core::Error>(())
+    /// ```
+    pub fn not_for_us(&self) -> Option<NotForUs> {
+        self.not_for_us
     }
 
     /// What a passed fd is, without taking it (family, type, listening, local address; or
@@ -563,6 +581,7 @@ impl ListenFds {
             slots,
             count,
             env_unset: false,
+            not_for_us: None,
         }
     }
 }

@@ -33,7 +33,7 @@
 //!
 //! * **Strict by default**, like libsystemd: fds 3.. are ours only when `LISTEN_PID` is our pid
 //!   (and `LISTEN_PIDFDID`, when set, is our pidfd inode id). Otherwise the result is empty, not
-//!   an error. Malformed variables are errors ([`Error::errno`] gives libsystemd's errno).
+//!   an error, and [`ListenFds::not_for_us`] says why (worth a log line before falling back). Malformed variables are errors ([`Error::errno`] gives libsystemd's errno).
 //!   [`Options::lenient`] accepts a missing `LISTEN_PID` and honours `LISTEN_FDS_FIRST_FD`.
 //! * **Owned once**: [`ListenFds::from_env`] may be called once per process; it sets
 //!   `FD_CLOEXEC` on every passed fd. Each fd is taken once, by index or by name

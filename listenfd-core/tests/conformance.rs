@@ -70,3 +70,91 @@ fn name_validation_follows_file_descriptor_name() {
     assert_eq!(validate_name("a\x7fb"), Err(InvalidName::BadChar('\x7f')));
     assert_eq!(validate_name("é"), Err(InvalidName::BadChar('é')));
 }
+
+#[test]
+fn an_empty_result_says_why() {
+    use listenfd_core::env::NotForUs;
+    let why = |vars: Vars<'_>, pidfd_id, lenient| {
+        env::parse(&vars, PID, pidfd_id, lenient)
+            .unwrap()
+            .not_for_us
+    };
+    let pid = Some("100");
+    let one = Some("1");
+    assert_eq!(
+        why(Vars::default(), None, false),
+        Some(NotForUs::NothingPassed)
+    );
+    assert_eq!(
+        why(Vars::default(), None, true),
+        Some(NotForUs::NothingPassed)
+    );
+    assert_eq!(
+        why(
+            Vars {
+                listen_fds: one,
+                ..Vars::default()
+            },
+            None,
+            false
+        ),
+        Some(NotForUs::NoListenPid)
+    );
+    assert_eq!(
+        why(
+            Vars {
+                listen_pid: Some("7"),
+                listen_fds: one,
+                ..Vars::default()
+            },
+            None,
+            false
+        ),
+        Some(NotForUs::OtherProcess {
+            listen_pid: 7,
+            our_pid: PID
+        })
+    );
+    let pidfdid = Vars {
+        listen_pid: pid,
+        listen_pidfdid: Some("1"),
+        listen_fds: one,
+        ..Vars::default()
+    };
+    assert_eq!(
+        why(pidfdid, Some(4242), false),
+        Some(NotForUs::OtherPidfd {
+            listen_pidfdid: 1,
+            ours: 4242
+        })
+    );
+    assert_eq!(
+        why(
+            Vars {
+                listen_pid: pid,
+                ..Vars::default()
+            },
+            None,
+            false
+        ),
+        Some(NotForUs::NoListenFds)
+    );
+    assert_eq!(
+        why(
+            Vars {
+                listen_pid: pid,
+                listen_fds: one,
+                ..Vars::default()
+            },
+            None,
+            false
+        ),
+        None
+    );
+    let msg = NotForUs::OtherProcess {
+        listen_pid: 7,
+        our_pid: PID,
+    }
+    .to_string();
+    assert!(msg.contains("cargo run"), "{msg}");
+}
