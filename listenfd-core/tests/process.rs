@@ -168,8 +168,12 @@ impl Child {
         self
     }
 
-    fn run(self) -> HashMap<String, String> {
-        let exe = std::env::current_exe().unwrap();
+    /// Run `program` (default: this test binary as the reporting child) with the fds in place.
+    fn output(self, program: Option<&std::path::Path>) -> std::process::Output {
+        let exe = match program {
+            Some(p) => p.to_owned(),
+            None => std::env::current_exe().unwrap(),
+        };
         let mut cmd = if self.with_pid {
             let mut c = Command::new("sh");
             c.arg("-c").arg(r#"LISTEN_PID=$$ exec "$0""#).arg(&exe);
@@ -213,7 +217,11 @@ impl Child {
                 Ok(())
             });
         }
-        let out = cmd.output().expect("spawn child");
+        cmd.output().expect("spawn child")
+    }
+
+    fn run(self) -> HashMap<String, String> {
+        let out = self.output(None);
         let stdout = String::from_utf8_lossy(&out.stdout);
         assert!(
             out.status.success(),
@@ -490,6 +498,50 @@ fn foreign_pidfd_id_means_not_for_us() {
     assert_eq!(r["result"], expected);
 }
 
+/// `target/<profile>/examples/inspect`, which `cargo test` builds (but not `--test process`).
+fn inspect_example() -> Option<std::path::PathBuf> {
+    let exe = std::env::current_exe().unwrap();
+    let path = exe.parent()?.parent()?.join("examples").join("inspect");
+    path.exists().then_some(path)
+}
+
+fn inspect_example_prints_the_documented_json() {
+    let Some(example) = inspect_example() else {
+        println!("(skipped: examples/inspect not built; plain `cargo test` builds it)");
+        return;
+    };
+    let listener = tcp_listener();
+    let addr = listener.local_addr().unwrap();
+    let out = Child::new("")
+        .fd(3, listener)
+        .env("LISTEN_FDS", 1)
+        .env("LISTEN_FDNAMES", "http")
+        .output(Some(&example));
+    assert!(out.status.success(), "{out:?}");
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let (head, tail) = stdout.trim_end().split_once(',').unwrap();
+    assert!(head.starts_with(r#"{"pid":"#), "{stdout}");
+    assert_eq!(
+        tail,
+        format!(
+            r#""fds":[{{"fd":3,"name":"http","family":"inet","type":"stream","listening":true,"local":"{addr}"}}]}}"#
+        )
+    );
+
+    let bad = Command::new(&example)
+        .env("LISTEN_PID", "12x")
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(bad.stdout.is_empty());
+    let stderr = String::from_utf8(bad.stderr).unwrap();
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains(r#"LISTEN_PID="12x" is not a number"#),
+        "{stderr}"
+    );
+}
+
 fn main() {
     if let Ok(spec) = std::env::var(CHILD) {
         child(&spec);
@@ -538,6 +590,10 @@ fn main() {
         (
             "malformed_environment_is_einval_and_removed",
             malformed_environment_is_einval_and_removed,
+        ),
+        (
+            "inspect_example_prints_the_documented_json",
+            inspect_example_prints_the_documented_json,
         ),
         (
             "foreign_pidfd_id_means_not_for_us",
