@@ -1,1 +1,266 @@
-fn main() {}
+//! `sd-launch`: start a daemon with pre-opened sockets (LISTEN_FDS/LISTEN_PID protocol).
+//! Thin: arguments in, library calls, exit codes out.
+
+use std::ffi::OsString;
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::Parser;
+use sd_launch::output::{self, Format};
+use sd_launch::{Error, Launch, SocketSpec, Stdio, Transport, supervise};
+
+const AFTER_HELP: &str = "\
+Examples:
+  A shell test script (the daemon keeps running after sd-launch exits):
+    export $(sd-launch -- my-daemon --config test.conf)
+    curl http://127.0.0.1:$LAUNCHED_PORT/
+    kill $LAUNCHED_PID
+
+  A supervisor (stays in the foreground, forwards signals, exits with the daemon's status):
+    sd-launch --foreground -l 8080 -l /run/app/admin.sock --fdname http:admin -- my-daemon
+
+  A quick curl demo:
+    eval \"$(sd-launch --outfile server.log -- demo-server)\" && curl -s localhost:$LAUNCHED_PORT/
+
+Output (env format): LAUNCHED_PORT=<first TCP port>, LAUNCHED_PID=<pid>; with several
+sockets or a non-TCP one also LAUNCHED_PORT_<i>, LAUNCHED_ADDR_<i>, LAUNCHED_PATH_<i>
+(i = 0 for fd 3). --format json prints one object with pid and every socket's fd, name,
+kind, address and port.
+
+Exit codes: 0 launched; 2 invalid command line (address, fd name, name count);
+3 a socket could not be created (address in use, privileged port, path taken);
+4 the daemon could not be started (fork, chdir, output files); 126 program not
+executable; 127 program not found. With --foreground, the daemon's exit code, or
+128+N when signal N killed it.";
+
+/// Start a daemon with listening sockets at fd 3, 4, ... and LISTEN_FDS, LISTEN_PID set
+/// (systemd socket activation, no systemd needed). Prints the port and pid, then exits
+/// leaving the daemon running, or supervises it with --foreground.
+#[derive(Debug, Parser)]
+#[command(name = "sd-launch", version, after_help = AFTER_HELP)]
+struct Args {
+    /// Listen on ADDR (repeatable, in fd order): PORT or HOST:PORT (IP address or
+    /// localhost; a bare PORT is 127.0.0.1), [V6]:PORT, /path or ./path (Unix socket),
+    /// @name (abstract). Default: 127.0.0.1:0, a free loopback port.
+    #[arg(short, long = "listen", value_name = "ADDR")]
+    listen: Vec<String>,
+
+    /// Datagram sockets (UDP, Unix datagram) instead of stream.
+    #[arg(short, long, conflicts_with = "seqpacket")]
+    datagram: bool,
+
+    /// Sequential-packet sockets (Unix only).
+    #[arg(long)]
+    seqpacket: bool,
+
+    /// Name the sockets in LISTEN_FDNAMES, one per socket in order: repeat the option, or
+    /// separate names with ':'. The count must match the sockets.
+    #[arg(long = "fdname", value_name = "NAME[:NAME...]")]
+    fdname: Vec<String>,
+
+    /// Listen backlog (default: the kernel's maximum, net.core.somaxconn).
+    #[arg(long, value_name = "N")]
+    backlog: Option<i32>,
+
+    /// Mode of Unix socket files, in octal.
+    #[arg(long, value_name = "OCTAL", default_value = "600", value_parser = parse_mode)]
+    socket_mode: u32,
+
+    /// Set VAR for the daemon; VAR alone passes our own value of VAR.
+    #[arg(short = 'E', long = "setenv", value_name = "VAR[=VALUE]")]
+    setenv: Vec<OsString>,
+
+    /// Do not set LISTEN_PID, for a daemon behind an intermediary (cargo run, a shell
+    /// wrapper) that needs a lenient receiver. Any descendant may then take the sockets.
+    #[arg(long)]
+    no_pid: bool,
+
+    /// Send the daemon's stdout and stderr to FILE (default: /dev/null; with --foreground,
+    /// inherited).
+    #[arg(long, value_name = "FILE")]
+    outfile: Option<PathBuf>,
+
+    /// Send the daemon's stdout to FILE.
+    #[arg(long, value_name = "FILE", conflicts_with = "outfile")]
+    stdout: Option<PathBuf>,
+
+    /// Send the daemon's stderr to FILE.
+    #[arg(long, value_name = "FILE", conflicts_with = "outfile")]
+    stderr: Option<PathBuf>,
+
+    /// Prefix of the printed variable names.
+    #[arg(long, value_name = "PFX", default_value = "LAUNCHED_")]
+    prefix: String,
+
+    /// Output format: env (KEY=value lines) or json.
+    #[arg(long, value_name = "FORMAT", default_value = "env")]
+    format: Format,
+
+    /// Stay in the foreground: forward SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2 to
+    /// the daemon and exit with its status. The daemon gets SIGKILL if sd-launch dies
+    /// (Linux), and Unix socket files are removed at the end.
+    #[arg(long, visible_alias = "wait")]
+    foreground: bool,
+
+    /// The daemon and its arguments.
+    #[arg(
+        required = true,
+        trailing_var_arg = true,
+        value_name = "PROGRAM [ARGS]..."
+    )]
+    command: Vec<OsString>,
+}
+
+fn parse_mode(s: &str) -> Result<u32, String> {
+    u32::from_str_radix(s, 8)
+        .ok()
+        .filter(|m| *m <= 0o7777)
+        .ok_or_else(|| format!("{s:?} is not an octal file mode such as 600 or 660"))
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    match run(args) {
+        Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
+        Err(e) => {
+            eprintln!("sd-launch: {e}");
+            ExitCode::from(e.exit_code() as u8)
+        }
+    }
+}
+
+fn run(args: Args) -> Result<i32, Error> {
+    let launch = build(&args)?;
+    let blocked = if args.foreground {
+        Some(supervise::block_signals().map_err(|source| Error::Spawn {
+            program: "sd-launch".into(),
+            step: "blocking signals",
+            source,
+        })?)
+    } else {
+        None
+    };
+    let mut daemon = launch.spawn()?;
+    let text = output::render(args.format, &args.prefix, daemon.pid(), daemon.sockets());
+    let mut stdout = std::io::stdout().lock();
+    if let Err(e) = stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush())
+    {
+        // Nobody learns the port: a daemon left running would be an orphan.
+        let _ = daemon.kill();
+        eprintln!("sd-launch: cannot write the output ({e}); stopped the daemon");
+        return Ok(4);
+    }
+    drop(stdout);
+    let Some(blocked) = blocked else {
+        daemon.detach();
+        return Ok(0);
+    };
+    match blocked.supervise(&mut daemon) {
+        Ok(status) => Ok(supervise::exit_code(status)),
+        Err(e) => {
+            eprintln!("sd-launch: supervising the daemon failed ({e}); killing it");
+            let _ = daemon.kill();
+            Ok(4)
+        }
+    }
+}
+
+fn build(args: &Args) -> Result<Launch, Error> {
+    let (program, rest) = args.command.split_first().expect("clap requires a command");
+    let mut launch = Launch::new(program).args(rest);
+    let transport = if args.datagram {
+        Transport::Datagram
+    } else if args.seqpacket {
+        Transport::SeqPacket
+    } else {
+        Transport::Stream
+    };
+    let mut specs = if args.listen.is_empty() {
+        vec![SocketSpec::loopback()]
+    } else {
+        args.listen
+            .iter()
+            .map(|a| a.parse::<SocketSpec>())
+            .collect::<Result<Vec<_>, _>>()?
+    };
+    let names: Vec<&str> = args.fdname.iter().flat_map(|n| n.split(':')).collect();
+    if !names.is_empty() && names.len() != specs.len() {
+        return Err(Error::NameCount {
+            names: names.len(),
+            sockets: specs.len(),
+        });
+    }
+    for (i, spec) in specs.iter_mut().enumerate() {
+        spec.transport = transport;
+        if let Some(name) = names.get(i) {
+            spec.name = Some((*name).to_owned());
+        }
+    }
+    for spec in specs {
+        launch = launch.listen(spec);
+    }
+    if let Some(backlog) = args.backlog {
+        launch = launch.backlog(backlog);
+    }
+    launch = launch.socket_mode(args.socket_mode).no_pid(args.no_pid);
+    for entry in &args.setenv {
+        let bytes = entry.as_encoded_bytes();
+        match bytes.iter().position(|&b| b == b'=') {
+            Some(eq) => {
+                let s = entry.to_string_lossy();
+                launch = launch.env(&s[..eq], &s[eq + 1..]);
+            }
+            None => {
+                if let Some(v) = std::env::var_os(entry) {
+                    launch = launch.env(entry, v);
+                }
+            }
+        }
+    }
+    launch = stdio(launch, args)?;
+    if args.foreground {
+        launch = launch.parent_death_signal(libc::SIGKILL);
+    } else {
+        launch = launch.kill_on_drop(true);
+    }
+    Ok(launch)
+}
+
+fn stdio(mut launch: Launch, args: &Args) -> Result<Launch, Error> {
+    let default = |fg: bool| if fg { Stdio::inherit() } else { Stdio::null() };
+    launch = launch.stdin(default(args.foreground));
+    if let Some(path) = &args.outfile {
+        let file = open_out(path, "stdout and stderr")?;
+        let copy = file.try_clone().map_err(|source| Error::Stdio {
+            path: path.clone(),
+            stream: "stderr",
+            source,
+        })?;
+        return Ok(launch.stdout(file).stderr(copy));
+    }
+    launch = match &args.stdout {
+        Some(p) => launch.stdout(open_out(p, "stdout")?),
+        None => launch.stdout(default(args.foreground)),
+    };
+    launch = match &args.stderr {
+        Some(p) => launch.stderr(open_out(p, "stderr")?),
+        None => launch.stderr(default(args.foreground)),
+    };
+    Ok(launch)
+}
+
+fn open_out(path: &Path, stream: &'static str) -> Result<File, Error> {
+    OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(|source| Error::Stdio {
+            path: path.to_owned(),
+            stream,
+            source,
+        })
+}

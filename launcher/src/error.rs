@@ -1,0 +1,139 @@
+//! The one error type of the launcher, and the exit code the `sd-launch` binary maps each to.
+
+use std::io;
+use std::path::PathBuf;
+
+/// Everything that can go wrong while preparing sockets or starting the daemon.
+///
+/// Every message names what was wrong and what to do; [`Error::exit_code`] is the exit status
+/// `sd-launch` uses for it.
+///
+/// ```
+/// use sd_launch::{Error, SocketSpec};
+/// let err = "nope:nope".parse::<SocketSpec>().unwrap_err();
+/// assert!(matches!(err, Error::Address { .. }));
+/// assert_eq!(err.exit_code(), 2);
+/// ```
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A listen address could not be parsed or resolved.
+    #[error("invalid listen address {input:?}: {reason}")]
+    Address {
+        /// What was given.
+        input: String,
+        /// Why it is not an address.
+        reason: String,
+    },
+    /// A file descriptor name breaks systemd's `FileDescriptorName=` rules.
+    #[error("invalid fd name {name:?}: {reason}")]
+    FdName {
+        /// The name.
+        name: String,
+        /// Why it is invalid.
+        reason: String,
+    },
+    /// The number of names does not match the number of sockets.
+    #[error(
+        "{names} fd name(s) for {sockets} socket(s): give exactly one name per socket, in order"
+    )]
+    NameCount {
+        /// Names given.
+        names: usize,
+        /// Sockets to pass.
+        sockets: usize,
+    },
+    /// An argument or environment entry contains a NUL byte and cannot reach `execve`.
+    #[error("{what} contains a NUL byte: {value:?}")]
+    Nul {
+        /// Which argument or variable.
+        what: &'static str,
+        /// The offending value.
+        value: String,
+    },
+    /// Creating, binding or listening on a socket failed.
+    #[error("cannot {action} {address}: {source}{hint}")]
+    Socket {
+        /// `bind`, `listen`, ...
+        action: &'static str,
+        /// The address, as given or resolved.
+        address: String,
+        /// The OS error.
+        source: io::Error,
+        /// Advice for common errors (address in use, privileged port).
+        hint: &'static str,
+    },
+    /// A Unix socket path exists and is not a stale socket: it is never deleted.
+    #[error("{path}: {what}; refusing to replace it (remove it yourself or choose another path)")]
+    PathInUse {
+        /// The path.
+        path: PathBuf,
+        /// What is there.
+        what: &'static str,
+    },
+    /// The program was not found (exit code 127, as in a shell).
+    #[error("{program}: command not found{where_}")]
+    NotFound {
+        /// The program as given.
+        program: String,
+        /// Where it was looked for.
+        where_: String,
+    },
+    /// The program exists but cannot be executed (exit code 126, as in a shell).
+    #[error("{program}: cannot execute: {source}")]
+    NotExecutable {
+        /// The program as given.
+        program: String,
+        /// The errno from `execve`.
+        source: io::Error,
+    },
+    /// Starting the child failed before `execve` (fork, chdir, stdio, ...).
+    #[error("cannot start {program}: {step} failed: {source}")]
+    Spawn {
+        /// The program as given.
+        program: String,
+        /// Which step failed.
+        step: &'static str,
+        /// The OS error.
+        source: io::Error,
+    },
+    /// Opening a file for the daemon's output or input failed.
+    #[error("cannot open {path} for the daemon's {stream}: {source}")]
+    Stdio {
+        /// The file.
+        path: PathBuf,
+        /// `stdin`, `stdout` or `stderr`.
+        stream: &'static str,
+        /// The OS error.
+        source: io::Error,
+    },
+}
+
+impl Error {
+    /// The exit status `sd-launch` exits with for this error:
+    ///
+    /// | code | meaning |
+    /// | --- | --- |
+    /// | 2 | invalid command line: address, fd name, name count, NUL byte |
+    /// | 3 | a socket could not be created, bound or listened on, or its path is taken |
+    /// | 4 | the daemon could not be started (fork, chdir, stdio files) |
+    /// | 126 | the program is not executable |
+    /// | 127 | the program was not found |
+    ///
+    /// ```
+    /// let err = sd_launch::Error::NameCount { names: 1, sockets: 2 };
+    /// assert_eq!(err.exit_code(), 2);
+    /// ```
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Error::Address { .. }
+            | Error::FdName { .. }
+            | Error::NameCount { .. }
+            | Error::Nul { .. } => 2,
+            Error::Socket { .. } | Error::PathInUse { .. } => 3,
+            Error::Spawn { .. } | Error::Stdio { .. } => 4,
+            Error::NotExecutable { .. } => 126,
+            Error::NotFound { .. } => 127,
+        }
+    }
+}

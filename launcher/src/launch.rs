@@ -1,0 +1,548 @@
+//! [`Launch`]: the builder, like `std::process::Command`, that creates the sockets and starts
+//! the daemon with them.
+
+use std::collections::BTreeMap;
+use std::ffi::{OsStr, OsString};
+use std::fs::File;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+
+use crate::error::Error;
+use crate::launched::{Launched, LaunchedSocket};
+use crate::socket::{self, CreatedPath, DEFAULT_BACKLOG, DEFAULT_UNIX_MODE};
+use crate::spawn::{self, Plan};
+use crate::spec::{Address, SocketSpec};
+
+/// Variables of the protocol that a launcher sets itself: never inherited from our own
+/// environment (that would hand the daemon a stale or foreign announcement).
+pub const PROTOCOL_VARIABLES: [&str; 5] = [
+    "LISTEN_PID",
+    "LISTEN_PIDFDID",
+    "LISTEN_FDS",
+    "LISTEN_FDNAMES",
+    "LISTEN_FDS_FIRST_FD",
+];
+
+/// Where one of the daemon's standard streams goes.
+///
+/// ```
+/// use sd_launch::Stdio;
+/// let _ = (Stdio::inherit(), Stdio::null(), Stdio::from(std::fs::File::open("/dev/null")?));
+/// # Ok::<(), std::io::Error>(())
+/// ```
+#[derive(Debug)]
+pub struct Stdio(StdioKind);
+
+#[derive(Debug)]
+enum StdioKind {
+    Inherit,
+    Null,
+    Fd(OwnedFd),
+}
+
+impl Stdio {
+    /// The same as ours (the default for [`Launch`]).
+    ///
+    /// ```
+    /// let _ = sd_launch::Stdio::inherit();
+    /// ```
+    pub fn inherit() -> Stdio {
+        Stdio(StdioKind::Inherit)
+    }
+
+    /// `/dev/null`.
+    ///
+    /// ```
+    /// let _ = sd_launch::Stdio::null();
+    /// ```
+    pub fn null() -> Stdio {
+        Stdio(StdioKind::Null)
+    }
+}
+
+impl From<OwnedFd> for Stdio {
+    fn from(fd: OwnedFd) -> Stdio {
+        Stdio(StdioKind::Fd(fd))
+    }
+}
+
+impl From<File> for Stdio {
+    fn from(file: File) -> Stdio {
+        Stdio(StdioKind::Fd(file.into()))
+    }
+}
+
+#[derive(Debug)]
+enum Pending {
+    Spec(SocketSpec),
+    Parse(String),
+    Fd { fd: OwnedFd, name: Option<String> },
+}
+
+/// Builds and starts a socket-activated daemon: creates the sockets, starts the program with
+/// them at fds 3, 4, ... and `LISTEN_FDS`, `LISTEN_PID` (the child's own pid) and, when names
+/// are given, `LISTEN_FDNAMES`.
+///
+/// Without any [`listen`](Launch::listen) or [`fd`](Launch::fd) call, the daemon gets one TCP
+/// socket on `127.0.0.1` with a port the kernel picks, so tests never clash over ports.
+///
+/// ```no_run
+/// use sd_launch::Launch;
+/// let server = Launch::new("my-daemon").arg("--verbose").spawn()?;
+/// let url = format!("http://{}/", server.local_addr(0));
+/// // ... connect at once: the kernel queues connections while the daemon starts ...
+/// drop(server); // kills and reaps the daemon, also when a test panics
+/// # Ok::<(), sd_launch::Error>(())
+/// ```
+///
+/// Decisions:
+/// * The environment is ours (like `Command`), minus any `LISTEN_*` variables we received
+///   ourselves ([`PROTOCOL_VARIABLES`]), plus the ones for the daemon.
+/// * Our copies of the sockets are closed once the daemon runs, so a daemon that dies makes
+///   clients fail at once (connection refused) instead of hanging in a backlog nobody accepts
+///   from. Addresses stay available through [`Launched::sockets`].
+/// * Standard streams are inherited, as with `Command`.
+#[derive(Debug)]
+pub struct Launch {
+    program: OsString,
+    args: Vec<OsString>,
+    env: BTreeMap<OsString, Option<OsString>>,
+    env_clear: bool,
+    cwd: Option<PathBuf>,
+    stdio: [Stdio; 3],
+    sockets: Vec<Pending>,
+    backlog: i32,
+    socket_mode: u32,
+    with_pid: bool,
+    kill_on_drop: bool,
+    parent_death_signal: Option<i32>,
+}
+
+impl Launch {
+    /// A launch of `program` (looked up in `PATH` unless it contains a `/`).
+    ///
+    /// ```
+    /// let launch = sd_launch::Launch::new("true");
+    /// # let _ = launch;
+    /// ```
+    pub fn new(program: impl AsRef<OsStr>) -> Launch {
+        Launch {
+            program: program.as_ref().to_owned(),
+            args: Vec::new(),
+            env: BTreeMap::new(),
+            env_clear: false,
+            cwd: None,
+            stdio: [Stdio::inherit(), Stdio::inherit(), Stdio::inherit()],
+            sockets: Vec::new(),
+            backlog: DEFAULT_BACKLOG,
+            socket_mode: DEFAULT_UNIX_MODE,
+            with_pid: true,
+            kill_on_drop: true,
+            parent_death_signal: None,
+        }
+    }
+
+    /// Add an argument.
+    ///
+    /// ```
+    /// let launch = sd_launch::Launch::new("sleep").arg("10");
+    /// # let _ = launch;
+    /// ```
+    pub fn arg(mut self, arg: impl AsRef<OsStr>) -> Launch {
+        self.args.push(arg.as_ref().to_owned());
+        self
+    }
+
+    /// Add arguments.
+    ///
+    /// ```
+    /// let launch = sd_launch::Launch::new("sh").args(["-c", "exit 0"]);
+    /// # let _ = launch;
+    /// ```
+    pub fn args<I, S>(mut self, args: I) -> Launch
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        self.args
+            .extend(args.into_iter().map(|a| a.as_ref().to_owned()));
+        self
+    }
+
+    /// Set an environment variable for the daemon.
+    ///
+    /// ```
+    /// let launch = sd_launch::Launch::new("env").env("RUST_LOG", "debug");
+    /// # let _ = launch;
+    /// ```
+    pub fn env(mut self, key: impl AsRef<OsStr>, value: impl AsRef<OsStr>) -> Launch {
+        self.env
+            .insert(key.as_ref().to_owned(), Some(value.as_ref().to_owned()));
+        self
+    }
+
+    /// Do not pass this variable of ours to the daemon.
+    ///
+    /// ```
+    /// let launch = sd_launch::Launch::new("env").env_remove("HOME");
+    /// # let _ = launch;
+    /// ```
+    pub fn env_remove(mut self, key: impl AsRef<OsStr>) -> Launch {
+        self.env.insert(key.as_ref().to_owned(), None);
+        self
+    }
+
+    /// Start from an empty environment (only variables set with [`env`](Launch::env), and
+    /// the protocol's own).
+    ///
+    /// ```
+    /// let launch = sd_launch::Launch::new("/usr/bin/env").env_clear();
+    /// # let _ = launch;
+    /// ```
+    pub fn env_clear(mut self) -> Launch {
+        self.env_clear = true;
+        self.env.retain(|_, v| v.is_some());
+        self
+    }
+
+    /// Run the daemon in `dir`.
+    ///
+    /// ```
+    /// let launch = sd_launch::Launch::new("pwd").current_dir("/");
+    /// # let _ = launch;
+    /// ```
+    pub fn current_dir(mut self, dir: impl AsRef<Path>) -> Launch {
+        self.cwd = Some(dir.as_ref().to_owned());
+        self
+    }
+
+    /// Where the daemon's stdin comes from (default: inherited).
+    ///
+    /// ```
+    /// let launch = sd_launch::Launch::new("cat").stdin(sd_launch::Stdio::null());
+    /// # let _ = launch;
+    /// ```
+    pub fn stdin(mut self, stdio: impl Into<Stdio>) -> Launch {
+        self.stdio[0] = stdio.into();
+        self
+    }
+
+    /// Where the daemon's stdout goes (default: inherited).
+    ///
+    /// ```
+    /// let launch = sd_launch::Launch::new("echo").stdout(sd_launch::Stdio::null());
+    /// # let _ = launch;
+    /// ```
+    pub fn stdout(mut self, stdio: impl Into<Stdio>) -> Launch {
+        self.stdio[1] = stdio.into();
+        self
+    }
+
+    /// Where the daemon's stderr goes (default: inherited).
+    ///
+    /// ```
+    /// let launch = sd_launch::Launch::new("ls").stderr(sd_launch::Stdio::null());
+    /// # let _ = launch;
+    /// ```
+    pub fn stderr(mut self, stdio: impl Into<Stdio>) -> Launch {
+        self.stdio[2] = stdio.into();
+        self
+    }
+
+    /// Create a socket from `spec` and pass it as the next fd.
+    ///
+    /// ```
+    /// use sd_launch::{Launch, SocketSpec, Transport};
+    /// let launch = Launch::new("my-daemon")
+    ///     .listen(SocketSpec::loopback().name("http"))
+    ///     .listen(SocketSpec::loopback().transport(Transport::Datagram).name("dns"));
+    /// # let _ = launch;
+    /// ```
+    pub fn listen(mut self, spec: SocketSpec) -> Launch {
+        self.sockets.push(Pending::Spec(spec));
+        self
+    }
+
+    /// Create a socket from an address in `sd-launch -l` syntax (see [`SocketSpec`]) and
+    /// pass it as the next fd. A malformed address is reported by [`spawn`](Launch::spawn).
+    ///
+    /// ```
+    /// let dir = tempfile::tempdir()?;
+    /// let launch = sd_launch::Launch::new("my-daemon")
+    ///     .listen_on("127.0.0.1:0")
+    ///     .listen_on(dir.path().join("api.sock").to_str().unwrap());
+    /// # let _ = launch;
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn listen_on(mut self, address: &str) -> Launch {
+        self.sockets.push(Pending::Parse(address.to_owned()));
+        self
+    }
+
+    /// Pass a socket (or any fd) of the caller's own as the next fd.
+    ///
+    /// ```
+    /// let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    /// let launch = sd_launch::Launch::new("my-daemon").fd(listener);
+    /// # let _ = launch;
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn fd(mut self, fd: impl Into<OwnedFd>) -> Launch {
+        self.sockets.push(Pending::Fd {
+            fd: fd.into(),
+            name: None,
+        });
+        self
+    }
+
+    /// Pass a socket of the caller's own as the next fd, named in `LISTEN_FDNAMES`.
+    ///
+    /// ```
+    /// let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    /// let launch = sd_launch::Launch::new("my-daemon").named_fd("http", listener);
+    /// # let _ = launch;
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn named_fd(mut self, name: impl Into<String>, fd: impl Into<OwnedFd>) -> Launch {
+        self.sockets.push(Pending::Fd {
+            fd: fd.into(),
+            name: Some(name.into()),
+        });
+        self
+    }
+
+    /// Listen backlog for stream sockets (default: the kernel's maximum,
+    /// [`socket::DEFAULT_BACKLOG`]).
+    ///
+    /// ```
+    /// let launch = sd_launch::Launch::new("my-daemon").backlog(128);
+    /// # let _ = launch;
+    /// ```
+    pub fn backlog(mut self, backlog: i32) -> Launch {
+        self.backlog = backlog;
+        self
+    }
+
+    /// Mode of created Unix socket files (default `0o600`).
+    ///
+    /// ```
+    /// let launch = sd_launch::Launch::new("my-daemon").socket_mode(0o660);
+    /// # let _ = launch;
+    /// ```
+    pub fn socket_mode(mut self, mode: u32) -> Launch {
+        self.socket_mode = mode;
+        self
+    }
+
+    /// Omit `LISTEN_PID` (default: set it). For daemons behind an intermediary such as
+    /// `cargo run` or a shell wrapper, whose pid differs from the process we start. The
+    /// trade-off: with no pid to match, any descendant that inherits the variables may take
+    /// the fds as its own, so the daemon must use a lenient receiver and should remove the
+    /// variables.
+    ///
+    /// ```
+    /// let launch = sd_launch::Launch::new("cargo").args(["run", "--"]).no_pid(true);
+    /// # let _ = launch;
+    /// ```
+    pub fn no_pid(mut self, no_pid: bool) -> Launch {
+        self.with_pid = !no_pid;
+        self
+    }
+
+    /// Kill (`SIGKILL`) and reap the daemon when the [`Launched`] handle is dropped (default
+    /// `true`). With `false`, dropping the handle leaves the daemon running.
+    ///
+    /// ```
+    /// let launch = sd_launch::Launch::new("my-daemon").kill_on_drop(false);
+    /// # let _ = launch;
+    /// ```
+    pub fn kill_on_drop(mut self, kill: bool) -> Launch {
+        self.kill_on_drop = kill;
+        self
+    }
+
+    /// Linux: have the kernel send `signal` to the daemon when the thread that spawned it
+    /// exits (`PR_SET_PDEATHSIG`). Off by default: in a test harness every test runs in its own
+    /// thread, so a daemon shared between tests would die with the first one. Use it from a
+    /// process's main thread, as `sd-launch --foreground` does.
+    ///
+    /// ```
+    /// let launch = sd_launch::Launch::new("my-daemon").parent_death_signal(libc::SIGKILL);
+    /// # let _ = launch;
+    /// ```
+    pub fn parent_death_signal(mut self, signal: i32) -> Launch {
+        self.parent_death_signal = Some(signal);
+        self
+    }
+
+    /// Create the sockets and start the daemon. Returns once the program has been executed
+    /// (its `execve` succeeded); nothing has been printed, and on error nothing is left
+    /// running or created.
+    ///
+    /// ```
+    /// let err = sd_launch::Launch::new("no-such-program-anywhere").spawn().unwrap_err();
+    /// assert_eq!(err.exit_code(), 127);
+    /// ```
+    pub fn spawn(self) -> Result<Launched, Error> {
+        let Launch {
+            program,
+            args,
+            env,
+            env_clear,
+            cwd,
+            stdio,
+            mut sockets,
+            backlog,
+            socket_mode,
+            with_pid,
+            kill_on_drop,
+            parent_death_signal,
+        } = self;
+        if sockets.is_empty() {
+            sockets.push(Pending::Spec(SocketSpec::loopback()));
+        }
+
+        let mut fds: Vec<OwnedFd> = Vec::with_capacity(sockets.len());
+        let mut described = Vec::with_capacity(sockets.len());
+        let mut created: Vec<CreatedPath> = Vec::new();
+        for pending in sockets {
+            let (fd, described_one) = match pending {
+                Pending::Fd { fd, name } => {
+                    let (kind, address) = describe_fd(&fd);
+                    (fd, (name, kind, address))
+                }
+                Pending::Spec(spec) => bind(&spec, backlog, socket_mode, &mut created)?,
+                Pending::Parse(s) => bind(&s.parse()?, backlog, socket_mode, &mut created)?,
+            };
+            described.push(described_one);
+            fds.push(fd);
+        }
+
+        let names = names(&described)?;
+        let mut vars: Vec<(OsString, OsString)> = if env_clear {
+            Vec::new()
+        } else {
+            std::env::vars_os().collect()
+        };
+        vars.retain(|(k, _)| {
+            !env.contains_key(k) && !PROTOCOL_VARIABLES.iter().any(|p| OsStr::new(p) == k)
+        });
+        vars.extend(
+            env.into_iter()
+                .filter(|(k, _)| !PROTOCOL_VARIABLES.iter().any(|p| OsStr::new(p) == k))
+                .filter_map(|(k, v)| v.map(|v| (k, v))),
+        );
+        vars.push(("LISTEN_FDS".into(), fds.len().to_string().into()));
+        if let Some(names) = names {
+            vars.push(("LISTEN_FDNAMES".into(), names.into()));
+        }
+
+        let mut plan = Plan::new(&program, &args, &vars, with_pid, cwd.as_deref())?;
+        let null = open_null_if_needed(&stdio)?;
+        for (i, s) in stdio.iter().enumerate() {
+            plan.stdio[i] = match &s.0 {
+                StdioKind::Inherit => None,
+                StdioKind::Null => null.as_ref().map(AsRawFd::as_raw_fd),
+                StdioKind::Fd(fd) => Some(fd.as_raw_fd()),
+            };
+        }
+        plan.sockets = fds.iter().map(AsRawFd::as_raw_fd).collect();
+        plan.parent_death_signal = parent_death_signal;
+
+        let pid = spawn::spawn(&mut plan)?;
+        drop(fds); // the daemon has its own copies now
+        let sockets = described
+            .into_iter()
+            .enumerate()
+            .map(|(i, (name, kind, address))| LaunchedSocket {
+                fd: 3 + i as i32,
+                name,
+                kind,
+                address,
+            })
+            .collect();
+        Ok(Launched::new(pid, sockets, created, kill_on_drop))
+    }
+}
+
+/// A socket's name, kind and address, as reported in [`LaunchedSocket`].
+type Described = (Option<String>, &'static str, Option<Address>);
+
+fn bind(
+    spec: &SocketSpec,
+    backlog: i32,
+    mode: u32,
+    created: &mut Vec<CreatedPath>,
+) -> Result<(OwnedFd, Described), Error> {
+    let bound = socket::bind(spec, backlog, mode)?;
+    created.extend(bound.created);
+    Ok((
+        bound.fd,
+        (spec.name.clone(), spec.kind(), Some(bound.address)),
+    ))
+}
+
+/// `LISTEN_FDNAMES` for the sockets: `None` when no socket is named; unnamed sockets among
+/// named ones are called `unknown`, the name libsystemd reports for an unnamed fd.
+fn names(described: &[Described]) -> Result<Option<String>, Error> {
+    if described.iter().all(|(n, _, _)| n.is_none()) {
+        return Ok(None);
+    }
+    let names: Vec<&str> = described
+        .iter()
+        .map(|(n, _, _)| n.as_deref().unwrap_or("unknown"))
+        .collect();
+    for name in &names {
+        listenfd_core::env::validate_name(name).map_err(|e| Error::FdName {
+            name: (*name).to_owned(),
+            reason: e.to_string(),
+        })?;
+    }
+    Ok(Some(listenfd_core::env::join_names(&names)))
+}
+
+fn describe_fd(fd: &OwnedFd) -> (&'static str, Option<Address>) {
+    use listenfd_core::inspect::inspect_fd;
+    use listenfd_core::{Family, FdKind, LocalAddr, SocketType};
+    match inspect_fd(fd) {
+        Ok(FdKind::Socket {
+            family,
+            socket_type,
+            local,
+            ..
+        }) => {
+            let kind = match (family, socket_type) {
+                (Family::Inet | Family::Inet6, SocketType::Stream) => "tcp",
+                (Family::Inet | Family::Inet6, SocketType::Dgram) => "udp",
+                (Family::Unix, SocketType::Stream) => "unix-stream",
+                (Family::Unix, SocketType::Dgram) => "unix-dgram",
+                (Family::Unix, SocketType::SeqPacket) => "unix-seqpacket",
+                _ => "socket",
+            };
+            let address = match local {
+                Some(LocalAddr::Inet(a)) => Some(Address::Inet(a)),
+                Some(LocalAddr::UnixPath(p)) => Some(Address::Unix(p)),
+                Some(LocalAddr::UnixAbstract(n)) => Some(Address::Abstract(n)),
+                _ => None,
+            };
+            (kind, address)
+        }
+        _ => ("fd", None),
+    }
+}
+
+fn open_null_if_needed(stdio: &[Stdio; 3]) -> Result<Option<OwnedFd>, Error> {
+    if !stdio.iter().any(|s| matches!(s.0, StdioKind::Null)) {
+        return Ok(None);
+    }
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")
+        .map(|f| Some(f.into()))
+        .map_err(|source| Error::Stdio {
+            path: "/dev/null".into(),
+            stream: "stdio",
+            source,
+        })
+}

@@ -1,0 +1,542 @@
+//! Starting the daemon: fork, put the sockets on fds 3.., set `LISTEN_PID` to the child's own
+//! pid, execve. The only module with much `unsafe`.
+//!
+//! `std::process::Command` cannot do this: it builds the environment before `fork`, so the
+//! child's pid cannot be in it. Here everything is allocated before `fork` ([`Plan`]), including
+//! a fixed-width slot for the pid digits, and the child runs only async-signal-safe code (the
+//! launcher may be a multi-threaded test process, where anything that takes a lock, such as
+//! `malloc`, can deadlock after `fork`).
+//!
+//! In the child, in order:
+//! 1. the signal mask is emptied and `SIGPIPE` reset to default (Rust ignores it; tokio and
+//!    supervisors block signals);
+//! 2. optionally, `PR_SET_PDEATHSIG` (Linux), re-checking that the parent is still alive;
+//! 3. `chdir`;
+//! 4. every source fd (stdio files, sockets, the error pipe) is first duplicated above the
+//!    highest target, then `dup2`ed onto its target (0..2, then 3..3+n-1): no source can sit
+//!    on another's target, and a `dup2` onto a different fd always clears `FD_CLOEXEC`;
+//! 5. every other fd from 3+n up is closed (`close_range` where the kernel has it, else a loop
+//!    up to the fd limit), except the error pipe, which is close-on-exec;
+//! 6. the pid digits are written into the `LISTEN_PID=` slot;
+//! 7. `execve` of each `PATH` candidate, like `execvp`.
+//!
+//! A failure in the child is written as (step, errno) to the close-on-exec error pipe; the
+//! parent reads it (end of file means `execve` succeeded), reaps the child, and returns an
+//! [`Error`] naming the program and the errno.
+
+use std::ffi::{CString, OsStr, OsString};
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+
+use crate::error::Error;
+
+const PID_PREFIX: &[u8] = b"LISTEN_PID=";
+/// Room for the digits of any pid_t and the terminating NUL.
+const PID_DIGITS: usize = 20;
+
+/// The steps that can fail in the child, as reported through the error pipe.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u32)]
+enum Step {
+    Dup = 1,
+    Chdir = 2,
+    Exec = 3,
+    Pdeathsig = 4,
+    Close = 5,
+}
+
+impl Step {
+    fn from_u32(v: u32) -> Option<Step> {
+        [
+            Step::Dup,
+            Step::Chdir,
+            Step::Exec,
+            Step::Pdeathsig,
+            Step::Close,
+        ]
+        .into_iter()
+        .find(|s| *s as u32 == v)
+    }
+
+    fn describe(self) -> &'static str {
+        match self {
+            Step::Dup => "moving fds into place (dup2)",
+            Step::Chdir => "changing directory",
+            Step::Exec => "execve",
+            Step::Pdeathsig => "PR_SET_PDEATHSIG",
+            Step::Close => "closing inherited fds",
+        }
+    }
+}
+
+/// Everything the child needs, allocated before `fork`.
+#[derive(Debug)]
+pub(crate) struct Plan {
+    /// The program as the user gave it, for messages.
+    pub program: String,
+    /// Paths to try with `execve`, in order.
+    candidates: Vec<CString>,
+    argv: Vec<CString>,
+    /// Environment entries; the `LISTEN_PID` one (if any) has room for the digits.
+    env: Vec<Vec<u8>>,
+    pid_slot: Option<usize>,
+    cwd: Option<CString>,
+    /// Fds for 0, 1, 2 (`None`: inherit).
+    pub stdio: [Option<RawFd>; 3],
+    /// Fds to put on 3, 4, ...
+    pub sockets: Vec<RawFd>,
+    /// Signal to receive when the parent (thread) dies.
+    pub parent_death_signal: Option<i32>,
+    /// Fallback upper bound for closing fds when `close_range` is missing.
+    max_fd: RawFd,
+}
+
+impl Plan {
+    /// Prepare argv, envp and the `PATH` candidates. `env` is the complete environment for
+    /// the child, without `LISTEN_PID`; `with_pid` adds the `LISTEN_PID` slot.
+    pub fn new(
+        program: &OsStr,
+        args: &[OsString],
+        env: &[(OsString, OsString)],
+        with_pid: bool,
+        cwd: Option<&Path>,
+    ) -> Result<Plan, Error> {
+        let display = program.to_string_lossy().into_owned();
+        let cstring = |what: &'static str, v: &[u8]| {
+            CString::new(v).map_err(|_| Error::Nul {
+                what,
+                value: String::from_utf8_lossy(v).into_owned(),
+            })
+        };
+        let mut argv = vec![cstring("the program name", program.as_bytes())?];
+        for a in args {
+            argv.push(cstring("an argument", a.as_bytes())?);
+        }
+        let mut entries = Vec::with_capacity(env.len() + 1);
+        let mut path_var = None;
+        for (k, v) in env {
+            if k.as_bytes() == b"PATH" {
+                path_var = Some(v.as_os_str());
+            }
+            if k.is_empty() || k.as_bytes().contains(&b'=') {
+                return Err(Error::Nul {
+                    what: "an environment variable name (empty or with '=')",
+                    value: k.to_string_lossy().into_owned(),
+                });
+            }
+            let mut e = k.as_bytes().to_vec();
+            e.push(b'=');
+            e.extend_from_slice(v.as_bytes());
+            entries.push(cstring("an environment variable", &e)?.into_bytes_with_nul());
+        }
+        let pid_slot = with_pid.then(|| {
+            let mut slot = PID_PREFIX.to_vec();
+            slot.resize(PID_PREFIX.len() + PID_DIGITS, 0);
+            entries.push(slot);
+            entries.len() - 1
+        });
+        let candidates = candidates(program, path_var)
+            .into_iter()
+            .map(|c| cstring("the program path", &c))
+            .collect::<Result<_, _>>()?;
+        let cwd = cwd
+            .map(|d| cstring("the working directory", d.as_os_str().as_bytes()))
+            .transpose()?;
+        Ok(Plan {
+            program: display,
+            candidates,
+            argv,
+            env: entries,
+            pid_slot,
+            cwd,
+            stdio: [None; 3],
+            sockets: Vec::new(),
+            parent_death_signal: None,
+            max_fd: max_fd(),
+        })
+    }
+}
+
+/// The paths `execvp` would try: the program itself if it contains a `/`, else each `PATH`
+/// entry joined with it (an empty entry means the current directory).
+fn candidates(program: &OsStr, path_var: Option<&OsStr>) -> Vec<Vec<u8>> {
+    let prog = program.as_bytes();
+    if prog.contains(&b'/') || prog.is_empty() {
+        return vec![prog.to_vec()];
+    }
+    let default_path: &[u8] = b"/usr/local/bin:/usr/bin:/bin";
+    let path = path_var.map(OsStr::as_bytes).unwrap_or(default_path);
+    path.split(|&b| b == b':')
+        .map(|dir| {
+            let mut c = if dir.is_empty() {
+                b".".to_vec()
+            } else {
+                dir.to_vec()
+            };
+            c.push(b'/');
+            c.extend_from_slice(prog);
+            c
+        })
+        .collect()
+}
+
+fn max_fd() -> RawFd {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the struct we own.
+    let ok = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } == 0;
+    if ok && lim.rlim_cur != libc::RLIM_INFINITY {
+        RawFd::try_from(lim.rlim_cur).unwrap_or(RawFd::MAX)
+    } else {
+        65536
+    }
+}
+
+/// Fork and exec according to `plan`. Returns the child's pid once `execve` succeeded; on any
+/// failure the child has been reaped and nothing is left running.
+pub(crate) fn spawn(plan: &mut Plan) -> Result<libc::pid_t, Error> {
+    let program = plan.program.clone();
+    let os_err = |step: &'static str, source: io::Error| Error::Spawn {
+        program: program.clone(),
+        step,
+        source,
+    };
+    let mut argv: Vec<*const libc::c_char> = plan.argv.iter().map(|a| a.as_ptr()).collect();
+    argv.push(std::ptr::null());
+    let mut envp: Vec<*const libc::c_char> = plan.env.iter().map(|e| e.as_ptr().cast()).collect();
+    envp.push(std::ptr::null());
+    let pid_digits: *mut u8 = match plan.pid_slot {
+        // SAFETY: the slot has PID_PREFIX.len() + PID_DIGITS bytes; the offset is in bounds.
+        Some(i) => unsafe { plan.env[i].as_mut_ptr().add(PID_PREFIX.len()) },
+        None => std::ptr::null_mut(),
+    };
+    let (err_read, err_write) = pipe_cloexec().map_err(|e| os_err("pipe", e))?;
+    // SAFETY: getpid has no preconditions.
+    let parent_pid = unsafe { libc::getpid() };
+    // Scratch space for the child's fd moves: allocated here, written there.
+    let mut high: Vec<RawFd> = vec![-1; plan.sockets.len() + 3];
+
+    // SAFETY: fork has no memory-safety preconditions; in the child we only call
+    // async-signal-safe functions on memory prepared above and never return.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        return Err(os_err("fork", io::Error::last_os_error()));
+    }
+    if pid == 0 {
+        // SAFETY: we are the child of fork; `child` only uses async-signal-safe calls and
+        // the pointers prepared above, which stay valid (this is a copy of the parent's
+        // memory) until execve or _exit.
+        unsafe {
+            child(
+                plan,
+                &argv,
+                &envp,
+                pid_digits,
+                &mut high,
+                err_write.as_raw_fd(),
+                parent_pid,
+            )
+        }
+    }
+    drop(err_write);
+    let mut report = [0u8; 8];
+    let n = read_full(&err_read, &mut report).map_err(|e| os_err("reading the exec status", e));
+    match n {
+        Ok(0) => Ok(pid),
+        Ok(8) => {
+            reap(pid);
+            let step = u32::from_ne_bytes(report[..4].try_into().expect("4 bytes"));
+            let errno = i32::from_ne_bytes(report[4..].try_into().expect("4 bytes"));
+            Err(child_error(plan, Step::from_u32(step), errno))
+        }
+        Ok(_) | Err(_) => {
+            // A short report cannot happen with an 8-byte write to a pipe; be safe anyway.
+            reap(pid);
+            Err(n.err().unwrap_or_else(|| {
+                os_err(
+                    "reading the exec status",
+                    io::ErrorKind::UnexpectedEof.into(),
+                )
+            }))
+        }
+    }
+}
+
+fn child_error(plan: &Plan, step: Option<Step>, errno: i32) -> Error {
+    let source = io::Error::from_raw_os_error(errno);
+    match step {
+        Some(Step::Exec) if errno == libc::ENOENT || errno == libc::ENOTDIR => Error::NotFound {
+            program: plan.program.clone(),
+            where_: if plan.candidates.len() > 1 || !plan.program.contains('/') {
+                " (searched PATH; give a path or fix PATH)".into()
+            } else {
+                String::new()
+            },
+        },
+        Some(Step::Exec)
+            if matches!(
+                errno,
+                libc::EACCES | libc::ENOEXEC | libc::EPERM | libc::EISDIR
+            ) =>
+        {
+            Error::NotExecutable {
+                program: plan.program.clone(),
+                source,
+            }
+        }
+        step => Error::Spawn {
+            program: plan.program.clone(),
+            step: step.map_or("the child", Step::describe),
+            source,
+        },
+    }
+}
+
+fn reap(pid: libc::pid_t) {
+    let mut status = 0;
+    loop {
+        // SAFETY: waitpid on our own child, writing into a local.
+        let r = unsafe { libc::waitpid(pid, &mut status, 0) };
+        if r >= 0 || io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
+            return;
+        }
+    }
+}
+
+fn pipe_cloexec() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0 as RawFd; 2];
+    // SAFETY: pipe2 writes two fds into the array we own.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: pipe2 succeeded, so both fds are open and owned by nobody else.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+fn read_full(fd: &OwnedFd, buf: &mut [u8]) -> io::Result<usize> {
+    let mut got = 0;
+    while got < buf.len() {
+        // SAFETY: reading into the unfilled tail of a buffer we own.
+        let r = unsafe {
+            libc::read(
+                fd.as_raw_fd(),
+                buf[got..].as_mut_ptr().cast(),
+                buf.len() - got,
+            )
+        };
+        match r {
+            0 => break,
+            r if r > 0 => got += r as usize,
+            _ if io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) => {}
+            _ => return Err(io::Error::last_os_error()),
+        }
+    }
+    Ok(got)
+}
+
+/// The child side. Async-signal-safe calls only; never returns.
+///
+/// # Safety
+/// Must be called in the child of `fork`, with `argv`/`envp` NULL-terminated arrays of
+/// pointers into `plan`, `pid_digits` null or pointing at `PID_DIGITS` writable bytes, and
+/// `high` at least `plan.sockets.len() + 3` long.
+unsafe fn child(
+    plan: &Plan,
+    argv: &[*const libc::c_char],
+    envp: &[*const libc::c_char],
+    pid_digits: *mut u8,
+    high: &mut [RawFd],
+    err_fd: RawFd,
+    parent_pid: libc::pid_t,
+) -> ! {
+    // SAFETY: only async-signal-safe libc calls (sigemptyset, pthread_sigmask, signal,
+    // prctl, getppid, chdir, fcntl, dup2, close, syscall(close_range), getpid, execve, write,
+    // _exit) on memory prepared before fork; no allocation, no locks.
+    unsafe {
+        let fail = |step: Step, err_fd: RawFd| -> ! {
+            let errno = io::Error::last_os_error().raw_os_error().unwrap_or(0);
+            let mut report = [0u8; 8];
+            report[..4].copy_from_slice(&(step as u32).to_ne_bytes());
+            report[4..].copy_from_slice(&errno.to_ne_bytes());
+            libc::write(err_fd, report.as_ptr().cast(), report.len());
+            libc::_exit(127)
+        };
+
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::pthread_sigmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+
+        #[cfg(any(target_os = "linux", target_os = "android"))]
+        if let Some(sig) = plan.parent_death_signal {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, sig as libc::c_ulong) != 0 {
+                fail(Step::Pdeathsig, err_fd);
+            }
+            // The parent may have died before prctl: then we were already reparented.
+            if libc::getppid() != parent_pid {
+                libc::_exit(1);
+            }
+        }
+        let _ = parent_pid;
+
+        if let Some(cwd) = &plan.cwd
+            && libc::chdir(cwd.as_ptr()) != 0
+        {
+            fail(Step::Chdir, err_fd);
+        }
+
+        let n = plan.sockets.len();
+        let first_free = 3 + n as RawFd;
+        // Pass 1: everything we still need goes above the targets.
+        let err_fd = match libc::fcntl(err_fd, libc::F_DUPFD_CLOEXEC, first_free) {
+            -1 => fail(Step::Dup, err_fd),
+            fd => fd,
+        };
+        for (i, src) in plan.stdio.iter().enumerate() {
+            if let Some(src) = src {
+                high[i] = libc::fcntl(*src, libc::F_DUPFD_CLOEXEC, first_free);
+                if high[i] < 0 {
+                    fail(Step::Dup, err_fd);
+                }
+            }
+        }
+        for (i, src) in plan.sockets.iter().enumerate() {
+            high[3 + i] = libc::fcntl(*src, libc::F_DUPFD_CLOEXEC, first_free);
+            if high[3 + i] < 0 {
+                fail(Step::Dup, err_fd);
+            }
+        }
+        // Pass 2: onto the targets. Source and target always differ, so dup2 leaves the
+        // target without FD_CLOEXEC.
+        for (target, &src) in high.iter().enumerate() {
+            if plan.stdio.get(target).is_some_and(Option::is_none) {
+                continue; // inherited stdio stays as it is
+            }
+            if libc::dup2(src, target as RawFd) < 0 {
+                fail(Step::Dup, err_fd);
+            }
+        }
+        // Close everything else except the error pipe (close-on-exec).
+        close_from(first_free, err_fd, plan.max_fd).unwrap_or_else(|()| fail(Step::Close, err_fd));
+
+        if !pid_digits.is_null() {
+            write_decimal(libc::getpid() as u64, pid_digits);
+        }
+
+        let mut errno = libc::ENOENT;
+        for path in &plan.candidates {
+            libc::execve(path.as_ptr(), argv.as_ptr(), envp.as_ptr());
+            let e = io::Error::last_os_error()
+                .raw_os_error()
+                .unwrap_or(libc::ENOENT);
+            match e {
+                libc::ENOENT | libc::ENOTDIR => {}
+                libc::EACCES => errno = libc::EACCES,
+                _ => {
+                    errno = e;
+                    break;
+                }
+            }
+        }
+        // Report the most telling errno, as execvp does (EACCES beats ENOENT).
+        *libc::__errno_location() = errno;
+        fail(Step::Exec, err_fd)
+    }
+}
+
+/// Close every fd >= `from` except `keep`. Async-signal-safe.
+///
+/// # Safety
+/// Closes fds this process may use elsewhere: only for the child after fork.
+unsafe fn close_from(from: RawFd, keep: RawFd, max_fd: RawFd) -> Result<(), ()> {
+    #[cfg(target_os = "linux")]
+    {
+        let range = |lo: RawFd, hi: libc::c_uint| -> bool {
+            // SAFETY: close_range only closes fds; the caller allows closing these.
+            lo as libc::c_uint > hi
+                || unsafe { libc::syscall(libc::SYS_close_range, lo as libc::c_uint, hi, 0) } == 0
+        };
+        if range(from, (keep - 1) as libc::c_uint) && range(keep + 1, libc::c_uint::MAX) {
+            return Ok(());
+        }
+        if io::Error::last_os_error().raw_os_error() != Some(libc::ENOSYS) {
+            return Err(());
+        }
+    }
+    for fd in from..max_fd.max(keep + 1) {
+        if fd != keep {
+            // SAFETY: closing an fd number; EBADF for unused numbers is fine.
+            unsafe { libc::close(fd) };
+        }
+    }
+    Ok(())
+}
+
+/// Write `v` in decimal followed by NUL at `out` (at most `PID_DIGITS` bytes).
+/// Async-signal-safe: no allocation, no formatting machinery.
+///
+/// # Safety
+/// `out` must point at `PID_DIGITS` writable bytes.
+unsafe fn write_decimal(mut v: u64, out: *mut u8) {
+    let mut digits = [0u8; PID_DIGITS];
+    let mut n = 0;
+    loop {
+        digits[n] = b'0' + (v % 10) as u8;
+        n += 1;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    for i in 0..n {
+        // SAFETY: n < PID_DIGITS (u64 has at most 20 digits... and pids far fewer), and the
+        // caller guarantees PID_DIGITS bytes.
+        unsafe { *out.add(i) = digits[n - 1 - i] };
+    }
+    // SAFETY: as above; n <= 10 for any pid_t, so n < PID_DIGITS.
+    unsafe { *out.add(n) = 0 };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn candidates_follow_execvp() {
+        let c = |p: &str, path: Option<&str>| -> Vec<String> {
+            candidates(OsStr::new(p), path.map(OsStr::new))
+                .into_iter()
+                .map(|v| String::from_utf8(v).unwrap())
+                .collect()
+        };
+        assert_eq!(c("./x", Some("/bin")), ["./x"]);
+        assert_eq!(c("/usr/bin/env", None), ["/usr/bin/env"]);
+        assert_eq!(c("ls", Some("/a::/b")), ["/a/ls", "./ls", "/b/ls"]);
+        assert_eq!(
+            c("ls", None),
+            ["/usr/local/bin/ls", "/usr/bin/ls", "/bin/ls"]
+        );
+    }
+
+    #[test]
+    fn decimal_digits() {
+        for v in [0u64, 7, 10, 4_194_304, i32::MAX as u64] {
+            let mut buf = [0xffu8; PID_DIGITS];
+            // SAFETY: buf has PID_DIGITS bytes.
+            unsafe { write_decimal(v, buf.as_mut_ptr()) };
+            let end = buf.iter().position(|&b| b == 0).unwrap();
+            assert_eq!(std::str::from_utf8(&buf[..end]).unwrap(), v.to_string());
+        }
+    }
+
+    #[test]
+    fn nul_bytes_are_refused_before_fork() {
+        let err = Plan::new(OsStr::new("a\0b"), &[], &[], true, None).unwrap_err();
+        assert!(matches!(err, Error::Nul { .. }));
+        assert_eq!(err.exit_code(), 2);
+    }
+}
