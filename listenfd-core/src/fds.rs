@@ -230,7 +230,7 @@ pub unsafe fn remove_env() {
 
 /// True when the process provably has a single thread (Linux `/proc/self/task`); false when
 /// unknown.
-fn single_threaded() -> bool {
+pub(crate) fn single_threaded() -> bool {
     std::fs::read_dir("/proc/self/task").is_ok_and(|dir| dir.count() == 1)
 }
 

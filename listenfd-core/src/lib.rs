@@ -73,6 +73,9 @@ mod fds;
 // What an fd is (`sd_is_socket*` as one value).
 pub mod inspect;
 
+// Readiness notification, `sd_notify()`-compatible (`NOTIFY_SOCKET`).
+pub mod notify;
+
 // Typed hand-out into std types, and into tokio types (feature `tokio`).
 mod convert;
 
