@@ -1,0 +1,83 @@
+//! `sd-launch-bench`: run the rows of issue 7, print a markdown table, write
+//! `target/bench/report.json`. Build with `--release`; `make bench` runs it.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use sd_launch_bench::{Config, Row, procs, report, rows};
+
+/// Benchmarks of sd-launch against the alternatives, as ratios (issue 7)
+#[derive(Debug, Parser)]
+#[command(
+    version,
+    after_help = "Examples:\n  make bench\n  cargo run --release -p sd-launch-bench -- --quick --rows 2,5\n\n\
+Environment: SD_BENCH_QUICK=1 (same as --quick), SD_BENCH_SEED (seed dir with sd-popen.py),\n\
+SD_BENCH_OUT (output dir, default target/bench).\n\
+Exit codes: 0 all rows ran; 1 a row failed to run (the others are still reported)."
+)]
+struct Args {
+    /// Few repetitions: a smoke test, not numbers
+    #[arg(long)]
+    quick: bool,
+    /// Rows to run, comma-separated (1-6)
+    #[arg(long, value_delimiter = ',', default_value = "1,2,3,4,5,6")]
+    rows: Vec<u8>,
+}
+
+type RowFn = fn(&Config) -> std::io::Result<Vec<Row>>;
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    if let Err(e) = procs::become_subreaper() {
+        eprintln!("sd-launch-bench: cannot become a subreaper ({e}); orphaned daemons may leak");
+    }
+    let quick =
+        args.quick || std::env::var_os("SD_BENCH_QUICK").is_some_and(|v| v != "0" && !v.is_empty());
+    let config = match Config::discover(quick) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("sd-launch-bench: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let table: [(u8, RowFn); 6] = [
+        (1, rows::launch::run),
+        (2, rows::overhead::run),
+        (3, rows::parallel::run),
+        (4, rows::serving::run),
+        (5, rows::receiver::run),
+        (6, rows::races::run),
+    ];
+    let mut all = Vec::new();
+    let mut failed = false;
+    for (n, run) in table {
+        if !args.rows.contains(&n) {
+            continue;
+        }
+        let t0 = std::time::Instant::now();
+        match run(&config) {
+            Ok(rows) => all.extend(rows),
+            Err(e) => {
+                eprintln!("sd-launch-bench: row {n} failed: {e}");
+                failed = true;
+            }
+        }
+        eprintln!("row {n}: {:.1} s", t0.elapsed().as_secs_f64());
+        procs::sweep_children();
+    }
+    print!("{}", report::markdown(&all));
+    let path = config.out_dir.join("report.json");
+    let tmp = config.out_dir.join("report.json.tmp");
+    if let Err(e) =
+        std::fs::write(&tmp, report::json(&all)).and_then(|()| std::fs::rename(&tmp, &path))
+    {
+        eprintln!("sd-launch-bench: cannot write {}: {e}", path.display());
+        return ExitCode::from(1);
+    }
+    eprintln!("wrote {}", path.display());
+    if failed {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    }
+}

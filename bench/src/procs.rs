@@ -1,0 +1,136 @@
+//! Child processes, ports and probes: become a subreaper (daemons left behind by
+//! `sd-launch` or `sd-popen.py` become our children), kill and reap by pid, sweep anything
+//! left, pick a free port, connect (at once or polling), and one HTTP GET.
+
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::time::{Duration, Instant};
+
+/// How long any single probe may take before it counts as a failure.
+pub const PROBE_DEADLINE: Duration = Duration::from_secs(5);
+
+/// Make this process the reaper of its orphaned descendants (Linux `PR_SET_CHILD_SUBREAPER`),
+/// so a daemon whose launcher exited can still be killed and reaped by us.
+pub fn become_subreaper() -> io::Result<()> {
+    // SAFETY: prctl with PR_SET_CHILD_SUBREAPER takes plain integers and changes only a
+    // flag of this process.
+    if unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// SIGKILL `pid` and reap it if it is our child. Waits at most [`PROBE_DEADLINE`].
+pub fn kill_and_reap(pid: i32) {
+    if pid <= 0 {
+        return;
+    }
+    // SAFETY: kill with a positive pid and a valid signal number has no memory effects.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    let deadline = Instant::now() + PROBE_DEADLINE;
+    loop {
+        let mut status = 0;
+        // SAFETY: `status` is a valid writable int; WNOHANG never blocks.
+        let rc = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
+        if rc != 0 || Instant::now() > deadline {
+            return; // reaped, or not our child (ECHILD), or gave up
+        }
+        std::thread::sleep(Duration::from_micros(200));
+    }
+}
+
+/// Kill and reap every remaining child of this process (found through `/proc`); returns how
+/// many there were. Call only when no `Child`/`Launched` handle is alive.
+pub fn sweep_children() -> usize {
+    let me = std::process::id();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return 0;
+    };
+    let mut found = 0;
+    for entry in dir.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        // "pid (comm) state ppid ...": comm may contain spaces, so split after the last ')'.
+        let ppid = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+            .and_then(|s| s.parse::<u32>().ok());
+        if ppid == Some(me) {
+            kill_and_reap(pid);
+            found += 1;
+        }
+    }
+    found
+}
+
+/// A port that was free a moment ago: bind 127.0.0.1:0, read the port, close. This is the
+/// racy "portpicker" way the baselines use.
+pub fn free_port() -> io::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// Connect, retrying every `interval` while the connection is refused, until `PROBE_DEADLINE`.
+pub fn connect_poll(addr: SocketAddr, interval: Duration) -> io::Result<TcpStream> {
+    let deadline = Instant::now() + PROBE_DEADLINE;
+    loop {
+        match TcpStream::connect(addr) {
+            Ok(s) => return Ok(s),
+            Err(e) if e.kind() == io::ErrorKind::ConnectionRefused && Instant::now() < deadline => {
+                std::thread::sleep(interval)
+            }
+            Err(e) => return Err(io::Error::new(e.kind(), format!("connect {addr}: {e}"))),
+        }
+    }
+}
+
+/// Send `GET /` (HTTP/1.0) on `conn` and require a `200` status line.
+pub fn http_get(mut conn: TcpStream) -> io::Result<()> {
+    conn.set_read_timeout(Some(PROBE_DEADLINE))?;
+    conn.write_all(b"GET / HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")?;
+    let mut buf = [0u8; 64];
+    let mut len = 0;
+    while len < 12 {
+        let n = conn.read(&mut buf[len..])?;
+        if n == 0 {
+            break;
+        }
+        len += n;
+    }
+    let head = String::from_utf8_lossy(&buf[..len]);
+    if head.starts_with("HTTP/1.") && head.get(9..12) == Some("200") {
+        Ok(())
+    } else {
+        Err(io::Error::other(format!("unexpected HTTP reply {head:?}")))
+    }
+}
+
+/// Milliseconds since `start`.
+pub fn ms_since(start: Instant) -> f64 {
+    start.elapsed().as_secs_f64() * 1e3
+}
+
+/// Parse `LAUNCHED_PORT` and `LAUNCHED_PID` out of `KEY=value` lines (sd-launch, sd-popen.py).
+///
+/// ```
+/// let out = "LAUNCHED_PORT=8080\nLAUNCHED_PID=42\n";
+/// assert_eq!(sd_launch_bench::procs::parse_launched(out).unwrap(), (8080, 42));
+/// ```
+pub fn parse_launched(out: &str) -> io::Result<(u16, i32)> {
+    let get = |key: &str| {
+        out.lines()
+            .find_map(|l| l.strip_prefix(key)?.strip_prefix('='))
+            .and_then(|v| v.trim().parse::<i64>().ok())
+    };
+    match (get("LAUNCHED_PORT"), get("LAUNCHED_PID")) {
+        (Some(port), Some(pid)) => Ok((port as u16, pid as i32)),
+        _ => Err(io::Error::other(format!("no LAUNCHED_PORT/PID in {out:?}"))),
+    }
+}

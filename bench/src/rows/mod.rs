@@ -1,0 +1,8 @@
+//! One module per row of issue 7. Each returns table rows ([`crate::Row`]).
+
+pub mod launch;
+pub mod overhead;
+pub mod parallel;
+pub mod races;
+pub mod receiver;
+pub mod serving;
