@@ -136,6 +136,9 @@ pub fn floor(d: &Daemon) -> io::Result<f64> {
     result.map(|()| elapsed)
 }
 
+/// One named way of starting a daemon, returning milliseconds to the first response.
+type Way<'a> = Box<dyn FnMut() -> io::Result<f64> + 'a>;
+
 /// Measure row 1 for every daemon available.
 pub fn run(config: &Config) -> io::Result<Vec<Row>> {
     let sd_launch = config
@@ -149,10 +152,10 @@ pub fn run(config: &Config) -> io::Result<Vec<Row>> {
         Some(d) => daemons.push(d),
         None => eprintln!("row 1: demo-server not built next to the harness; skipped"),
     }
-    let rounds = config.reps(40, 3);
+    let rounds = config.reps(60, 3);
     let mut rows = Vec::new();
     for d in &daemons {
-        let mut ways: Vec<(String, Box<dyn FnMut() -> io::Result<f64> + '_>)> = vec![
+        let mut ways: Vec<(String, Way<'_>)> = vec![
             ("ours".into(), Box::new(|| ours(&sd_launch, d))),
             (
                 "(a) self-bind + poll connect every 10 ms".into(),

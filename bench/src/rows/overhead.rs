@@ -1,7 +1,7 @@
 //! Row 2: launcher overhead. `sd-launch --foreground -- /bin/true` against `/bin/true`
 //! alone (spawn to reaped exit, whole process), and, for reference, the seed's
 //! `sd-popen.py -- /bin/true` against `sd-launch -- /bin/true` (both return once the
-//! command is started).
+//! command is started), and the library's in-process spawn against `std::process::Command`.
 
 use std::io;
 use std::path::Path;
@@ -20,6 +20,26 @@ fn time(program: &Path, args: &[&str]) -> io::Result<f64> {
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status()?;
+    let elapsed = ms_since(start);
+    if status.success() {
+        Ok(elapsed)
+    } else {
+        Err(io::Error::other(format!(
+            "{} failed: {status}",
+            program.display()
+        )))
+    }
+}
+
+fn spawn_wait_library(program: &Path) -> io::Result<f64> {
+    let start = Instant::now();
+    let mut launched = sd_launch::Launch::new(program)
+        .stdin(sd_launch::Stdio::null())
+        .stdout(sd_launch::Stdio::null())
+        .stderr(sd_launch::Stdio::null())
+        .spawn()
+        .map_err(io::Error::other)?;
+    let status = launched.wait()?;
     let elapsed = ms_since(start);
     if status.success() {
         Ok(elapsed)
@@ -58,6 +78,24 @@ pub fn run(config: &Config) -> io::Result<Vec<Row>> {
             errors.len()
         ),
     }];
+    let (series, errors) = interleave(
+        config.reps(300, 5),
+        &mut [&mut || spawn_wait_library(truth), &mut || time(truth, &[])],
+    );
+    let ours = Summary::of(&series[0]);
+    let base = Summary::of(&series[1]);
+    rows.push(Row {
+        name: "2. library spawn + wait, /bin/true".into(),
+        unit: "ms".into(),
+        ours,
+        baseline_name: "std::process::Command".into(),
+        baseline: base,
+        note: format!(
+            "sd_launch::Launch (fork) vs std (posix_spawn/vfork), in-process; {:+.3} ms; {} failures",
+            ours.median - base.median,
+            errors.len()
+        ),
+    });
     let python = crate::config::which(&["/usr/bin/python3", "python3"]);
     let script = super::launch::extract_sd_popen(&config.seed_dir, &config.out_dir);
     if let (Some(py), Ok(script)) = (python, script) {

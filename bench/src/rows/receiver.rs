@@ -83,7 +83,7 @@ pub fn run(config: &Config) -> io::Result<Vec<Row>> {
             Ok(())
         };
         let (series, errors) = interleave(
-            config.reps(21, 3),
+            config.reps(11, 3),
             &mut [
                 &mut || ns_per(iters, &mut || receive(&vars, &fds)),
                 &mut || ns_per(iters, &mut || bare(&fds)),

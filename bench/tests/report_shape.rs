@@ -1,0 +1,43 @@
+//! The harness in quick mode writes a `report.json` of the shape issue 7 specifies. Rows 5
+//! and 6 need nothing outside this crate (row 6 uses the `bench-daemon` bin target).
+//! No timing is asserted: only the shape and that our launches never fail.
+
+use std::process::Command;
+
+#[test]
+fn quick_run_writes_report_json_with_one_object_per_row() {
+    let out_dir = tempfile::tempdir().expect("temp dir");
+    let output = Command::new(env!("CARGO_BIN_EXE_sd-launch-bench"))
+        .args(["--quick", "--rows", "5,6"])
+        .env("SD_BENCH_OUT", out_dir.path())
+        .output()
+        .expect("run the harness");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "harness failed: {stderr}");
+    let table = String::from_utf8_lossy(&output.stdout);
+    assert!(table.starts_with("| row |"), "no markdown table: {table}");
+
+    let text = std::fs::read_to_string(out_dir.path().join("report.json")).expect("report.json");
+    let rows: Vec<serde_json::Value> = serde_json::from_str(&text).expect("valid JSON");
+    let names: Vec<&str> = rows.iter().filter_map(|r| r["name"].as_str()).collect();
+    assert_eq!(rows.len(), 3, "rows 5 (1 and 64 fds) and 6: {names:?}");
+    for row in &rows {
+        assert!(row["name"].is_string(), "{row}");
+        assert!(row["ours"]["median"].is_number(), "{row}");
+        assert!(row["ours"]["unit"].is_string(), "{row}");
+        assert!(row["baseline"]["name"].is_string(), "{row}");
+        assert!(row["baseline"]["median"].is_number(), "{row}");
+        assert!(
+            row["ratio"].is_number() || row["ratio"].is_null(),
+            "ratio must be a number, or null when the baseline median is 0: {row}"
+        );
+    }
+    let races = rows
+        .iter()
+        .find(|r| r["name"].as_str().is_some_and(|n| n.starts_with("6.")))
+        .expect("row 6");
+    assert_eq!(
+        races["ours"]["median"], 0.0,
+        "a passed socket never races: {races}"
+    );
+}
