@@ -47,7 +47,9 @@ impl Daemon {
     pub fn lighttpd(config: &Config) -> io::Result<Daemon> {
         let program = crate::config::which(&["/usr/sbin/lighttpd", "lighttpd"])
             .ok_or_else(|| io::Error::other("lighttpd not found: apt-get install -y lighttpd"))?;
-        let dir = config.scratch.path().join("lighttpd");
+        static INSTANCE: AtomicUsize = AtomicUsize::new(0);
+        let n = INSTANCE.fetch_add(1, Ordering::Relaxed);
+        let dir = config.scratch.path().join(format!("lighttpd-{n}"));
         let root = dir.join("www");
         std::fs::create_dir_all(&root)?;
         std::fs::write(root.join("index.html"), "sd-launch bench\n")?;
