@@ -28,7 +28,14 @@ pub struct Config {
 }
 
 impl Config {
-    /// Locate everything from the harness's own path (`<target>/<profile>/sd-launch-bench`).
+    /// Locate everything from the harness's own path (`<target>/<profile>/sd-launch-bench`),
+    /// create the output directory and a scratch directory.
+    ///
+    /// ```no_run
+    /// let config = sd_launch_bench::Config::discover(false)?;
+    /// println!("report: {}", config.out_dir.join("report.json").display());
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
     pub fn discover(quick: bool) -> io::Result<Config> {
         let exe = std::env::current_exe()?;
         let bin_dir = exe
@@ -61,12 +68,24 @@ impl Config {
     }
 
     /// Path of a binary built next to the harness, if it exists.
+    ///
+    /// ```no_run
+    /// let config = sd_launch_bench::Config::discover(true)?;
+    /// let sd_launch = config.binary("sd-launch").expect("cargo build --release -p sd-launch");
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
     pub fn binary(&self, name: &str) -> Option<PathBuf> {
         let path = self.bin_dir.join(name);
         path.is_file().then_some(path)
     }
 
     /// `full` repetitions normally, `quick` in quick mode.
+    ///
+    /// ```no_run
+    /// let config = sd_launch_bench::Config::discover(true)?;
+    /// assert_eq!(config.reps(60, 3), 3);
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
     pub fn reps(&self, full: usize, quick: usize) -> usize {
         if self.quick { quick } else { full }
     }

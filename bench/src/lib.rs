@@ -10,17 +10,45 @@
 //! Modules, in the order a run uses them:
 //! * [`config`]: where the binaries, the seed and the output live; quick mode;
 //! * [`procs`]: child processes (subreaper, kill and reap, sweep), ports, HTTP probes;
-//! * [`daemons`]: how to start lighttpd, demo-server and the row-6 daemon each way;
+//! * `daemons`: how to start lighttpd, demo-server and the row-6 daemon each way;
 //! * [`stats`]: medians and spread of interleaved samples;
-//! * [`rows`]: one module per row of the issue;
+//! * `rows`: one module per row of the issue, run through [`run_row`];
 //! * [`report`]: the markdown table and `report.json`.
 
 pub mod config;
-pub mod daemons;
+mod daemons;
 pub mod procs;
 pub mod report;
-pub mod rows;
+mod rows;
 pub mod stats;
 
 pub use config::Config;
 pub use report::Row;
+
+/// The rows of issue 7, by number.
+pub const ROWS: [u8; 6] = [1, 2, 3, 4, 5, 6];
+
+/// Measure row `row` (1-6) and return its table lines. Children it starts are killed and
+/// reaped before it returns.
+///
+/// ```no_run
+/// let config = sd_launch_bench::Config::discover(true)?; // quick mode
+/// let rows = sd_launch_bench::run_row(&config, 5)?; // receiver cost, in-process
+/// assert_eq!(rows.len(), 2); // 1 fd and 64 fds
+/// # Ok::<(), std::io::Error>(())
+/// ```
+pub fn run_row(config: &Config, row: u8) -> std::io::Result<Vec<Row>> {
+    let result = match row {
+        1 => rows::launch::run(config),
+        2 => rows::overhead::run(config),
+        3 => rows::parallel::run(config),
+        4 => rows::serving::run(config),
+        5 => rows::receiver::run(config),
+        6 => rows::races::run(config),
+        _ => Err(std::io::Error::other(format!(
+            "no row {row}: rows are 1 to 6"
+        ))),
+    };
+    procs::sweep_children();
+    result
+}

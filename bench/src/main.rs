@@ -4,7 +4,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use sd_launch_bench::{Config, Row, procs, report, rows};
+use sd_launch_bench::{Config, ROWS, procs, report};
 
 /// Benchmarks of sd-launch against the alternatives, as ratios (issue 7)
 #[derive(Debug, Parser)]
@@ -13,7 +13,8 @@ use sd_launch_bench::{Config, Row, procs, report, rows};
     after_help = "Examples:\n  make bench\n  cargo run --release -p sd-launch-bench -- --quick --rows 2,5\n\n\
 Environment: SD_BENCH_QUICK=1 (same as --quick), SD_BENCH_SEED (seed dir with sd-popen.py),\n\
 SD_BENCH_OUT (output dir, default target/bench).\n\
-Exit codes: 0 all rows ran; 1 a row failed to run (the others are still reported)."
+Exit codes: 0 all rows ran; 1 a row failed to run (the others are still reported);\n\
+2 invalid command line."
 )]
 struct Args {
     /// Few repetitions: a smoke test, not numbers
@@ -23,8 +24,6 @@ struct Args {
     #[arg(long, value_delimiter = ',', default_value = "1,2,3,4,5,6")]
     rows: Vec<u8>,
 }
-
-type RowFn = fn(&Config) -> std::io::Result<Vec<Row>>;
 
 fn main() -> ExitCode {
     let args = Args::parse();
@@ -40,22 +39,18 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let table: [(u8, RowFn); 6] = [
-        (1, rows::launch::run),
-        (2, rows::overhead::run),
-        (3, rows::parallel::run),
-        (4, rows::serving::run),
-        (5, rows::receiver::run),
-        (6, rows::races::run),
-    ];
+    if let Some(bad) = args.rows.iter().find(|r| !ROWS.contains(r)) {
+        eprintln!("sd-launch-bench: no row {bad}: --rows takes numbers 1 to 6");
+        return ExitCode::from(2);
+    }
     let mut all = Vec::new();
     let mut failed = false;
-    for (n, run) in table {
+    for n in ROWS {
         if !args.rows.contains(&n) {
             continue;
         }
         let t0 = std::time::Instant::now();
-        match run(&config) {
+        match sd_launch_bench::run_row(&config, n) {
             Ok(rows) => all.extend(rows),
             Err(e) => {
                 eprintln!("sd-launch-bench: row {n} failed: {e}");
@@ -63,7 +58,6 @@ fn main() -> ExitCode {
             }
         }
         eprintln!("row {n}: {:.1} s", t0.elapsed().as_secs_f64());
-        procs::sweep_children();
     }
     print!("{}", report::markdown(&all));
     let path = config.out_dir.join("report.json");

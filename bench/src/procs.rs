@@ -11,6 +11,11 @@ pub const PROBE_DEADLINE: Duration = Duration::from_secs(5);
 
 /// Make this process the reaper of its orphaned descendants (Linux `PR_SET_CHILD_SUBREAPER`),
 /// so a daemon whose launcher exited can still be killed and reaped by us.
+///
+/// ```
+/// sd_launch_bench::procs::become_subreaper()?;
+/// # Ok::<(), std::io::Error>(())
+/// ```
 pub fn become_subreaper() -> io::Result<()> {
     // SAFETY: prctl with PR_SET_CHILD_SUBREAPER takes plain integers and changes only a
     // flag of this process.
@@ -21,6 +26,12 @@ pub fn become_subreaper() -> io::Result<()> {
 }
 
 /// SIGKILL `pid` and reap it if it is our child. Waits at most [`PROBE_DEADLINE`].
+///
+/// ```
+/// let child = std::process::Command::new("sleep").arg("60").spawn()?;
+/// sd_launch_bench::procs::kill_and_reap(child.id() as i32);
+/// # Ok::<(), std::io::Error>(())
+/// ```
 pub fn kill_and_reap(pid: i32) {
     if pid <= 0 {
         return;
@@ -41,6 +52,12 @@ pub fn kill_and_reap(pid: i32) {
 
 /// Kill and reap every remaining child of this process (found through `/proc`); returns how
 /// many there were. Call only when no `Child`/`Launched` handle is alive.
+///
+/// ```
+/// std::process::Command::new("sleep").arg("60").spawn()?; // handle dropped, still running
+/// assert!(sd_launch_bench::procs::sweep_children() >= 1);
+/// # Ok::<(), std::io::Error>(())
+/// ```
 pub fn sweep_children() -> usize {
     let me = std::process::id();
     let Ok(dir) = std::fs::read_dir("/proc") else {
@@ -73,11 +90,23 @@ pub fn sweep_children() -> usize {
 
 /// A port that was free a moment ago: bind 127.0.0.1:0, read the port, close. This is the
 /// racy "portpicker" way the baselines use.
+///
+/// ```
+/// assert_ne!(sd_launch_bench::procs::free_port()?, 0);
+/// # Ok::<(), std::io::Error>(())
+/// ```
 pub fn free_port() -> io::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
-/// Connect, retrying every `interval` while the connection is refused, until `PROBE_DEADLINE`.
+/// Connect, retrying every `interval` while the connection is refused, until [`PROBE_DEADLINE`].
+///
+/// ```
+/// let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+/// let interval = std::time::Duration::from_millis(10);
+/// sd_launch_bench::procs::connect_poll(listener.local_addr()?, interval)?;
+/// # Ok::<(), std::io::Error>(())
+/// ```
 pub fn connect_poll(addr: SocketAddr, interval: Duration) -> io::Result<TcpStream> {
     let deadline = Instant::now() + PROBE_DEADLINE;
     loop {
@@ -92,6 +121,15 @@ pub fn connect_poll(addr: SocketAddr, interval: Duration) -> io::Result<TcpStrea
 }
 
 /// Send `GET /` (HTTP/1.0) on `conn` and require a `200` status line.
+///
+/// ```
+/// use std::io::Write;
+/// let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+/// let conn = std::net::TcpStream::connect(listener.local_addr()?)?;
+/// listener.accept()?.0.write_all(b"HTTP/1.0 404 Not Found\r\n\r\n")?;
+/// assert!(sd_launch_bench::procs::http_get(conn).is_err());
+/// # Ok::<(), std::io::Error>(())
+/// ```
 pub fn http_get(mut conn: TcpStream) -> io::Result<()> {
     conn.set_read_timeout(Some(PROBE_DEADLINE))?;
     conn.write_all(b"GET / HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")?;
@@ -113,6 +151,10 @@ pub fn http_get(mut conn: TcpStream) -> io::Result<()> {
 }
 
 /// Milliseconds since `start`.
+///
+/// ```
+/// assert!(sd_launch_bench::procs::ms_since(std::time::Instant::now()) >= 0.0);
+/// ```
 pub fn ms_since(start: Instant) -> f64 {
     start.elapsed().as_secs_f64() * 1e3
 }

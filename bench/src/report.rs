@@ -41,6 +41,15 @@ impl Row {
 
     /// The `report.json` object: `{"name", "ours": {"median", "unit", ...}, "baseline":
     /// {"name", "median", ...}, "ratio", "note"}` (NaN becomes `null`).
+    ///
+    /// ```
+    /// use sd_launch_bench::{Row, stats::Summary};
+    /// let row = Row { name: "x".into(), unit: "ms".into(), ours: Summary::of(&[1.0]),
+    ///     baseline_name: "y".into(), baseline: Summary::of(&[0.0]), note: String::new() };
+    /// let json = row.to_json();
+    /// assert_eq!(json["ours"]["unit"], "ms");
+    /// assert!(json["ratio"].is_null()); // baseline median 0
+    /// ```
     pub fn to_json(&self) -> Value {
         json!({
             "name": self.name,
@@ -95,6 +104,10 @@ fn cell(s: &Summary) -> String {
 }
 
 /// The markdown table of `rows`.
+///
+/// ```
+/// assert!(sd_launch_bench::report::markdown(&[]).starts_with("| row |"));
+/// ```
 pub fn markdown(rows: &[Row]) -> String {
     let mut out = String::from(
         "| row | unit | ours median [p10–p90] | baseline | baseline median [p10–p90] | ratio | notes |\n\
@@ -116,6 +129,10 @@ pub fn markdown(rows: &[Row]) -> String {
 }
 
 /// The whole `report.json` document: an array of row objects.
+///
+/// ```
+/// assert_eq!(sd_launch_bench::report::json(&[]).trim(), "[]");
+/// ```
 pub fn json(rows: &[Row]) -> String {
     let all: Vec<Value> = rows.iter().map(Row::to_json).collect();
     serde_json::to_string_pretty(&all).unwrap_or_else(|_| "[]".into()) + "\n"
