@@ -1,0 +1,278 @@
+//! Serving: take every passed socket (or bind the fallback address), accept on each listener,
+//! run each connection with hyper-util's auto builder (HTTP/1.1 and h2c), and drain gracefully
+//! on SIGTERM/SIGINT.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use listenfd_core::{Family, FdKind, ListenFds, SocketType};
+use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+
+use crate::routes::{self, Info, SocketInfo};
+
+/// How to serve.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Bound when no socket was passed.
+    pub fallback: SocketAddr,
+    /// How long in-flight requests may run after SIGTERM/SIGINT.
+    pub drain_timeout: Duration,
+}
+
+/// Why serving failed; each kind has its exit code.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Taking a passed fd failed (wrong type, ...).
+    #[error("{0}")]
+    Receive(#[from] listenfd_core::Error),
+    /// A passed fd is not a stream socket.
+    #[error("passed {0}, but demo-server serves stream sockets only (TCP or Unix)")]
+    Unsupported(listenfd_core::FdInfo),
+    /// The fallback address could not be bound.
+    #[error(
+        "no socket was passed and binding {addr} failed: {source} (choose another with --listen)"
+    )]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// Installing the signal handlers failed.
+    #[error("cannot install the SIGTERM/SIGINT handlers: {0}")]
+    Signals(std::io::Error),
+}
+
+impl Error {
+    /// 2 for what was passed to us, 3 for a failed bind, 1 otherwise.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Error::Receive(_) | Error::Unsupported(_) => 2,
+            Error::Bind { .. } => 3,
+            Error::Signals(_) => 1,
+        }
+    }
+}
+
+/// A socket to serve: a listener, or one already accepted connection.
+enum Socket {
+    Listener(Listener),
+    Conn(Conn),
+}
+
+/// A listening TCP or Unix stream socket.
+enum Listener {
+    Tcp(TcpListener),
+    Unix(UnixListener),
+}
+
+impl Listener {
+    async fn accept(&self) -> std::io::Result<Conn> {
+        match self {
+            Listener::Tcp(l) => l.accept().await.map(|(s, _)| Conn::Tcp(s)),
+            Listener::Unix(l) => l.accept().await.map(|(s, _)| Conn::Unix(s)),
+        }
+    }
+}
+
+/// One connection, over TCP or a Unix socket.
+enum Conn {
+    Tcp(TcpStream),
+    Unix(UnixStream),
+}
+
+/// Serve until SIGTERM/SIGINT (or, when only connections were passed, until they are done).
+pub async fn run(mut fds: ListenFds, config: Config) -> Result<(), Error> {
+    let mut sigterm = signal(SignalKind::terminate()).map_err(Error::Signals)?;
+    let mut sigint = signal(SignalKind::interrupt()).map_err(Error::Signals)?;
+
+    let (sockets, infos) = take_sockets(&mut fds, config.fallback).await?;
+    let info = Arc::new(Info {
+        pid: std::process::id(),
+        activated: !fds.is_empty(),
+        sockets: infos,
+    });
+    for s in &info.sockets {
+        tracing::info!(fd = s.fd, name = %s.name, kind = s.kind, "serving {}", s.local);
+    }
+
+    // Accept loops send their connections here; the loop below owns every connection task.
+    let (tx, mut rx) = mpsc::channel::<Conn>(64);
+    let mut acceptors = JoinSet::new();
+    let mut initial = Vec::new();
+    for socket in sockets {
+        match socket {
+            Socket::Listener(l) => {
+                acceptors.spawn(accept_loop(tx.clone(), l));
+            }
+            Socket::Conn(c) => initial.push(c),
+        }
+    }
+    drop(tx); // with no listeners, the channel closes and only passed connections remain
+
+    let builder = auto::Builder::new(TokioExecutor::new());
+    let graceful = GracefulShutdown::new();
+    let mut connections = JoinSet::new();
+    for conn in initial {
+        connections.spawn(serve_connection(
+            conn,
+            builder.clone(),
+            graceful.watcher(),
+            info.clone(),
+        ));
+    }
+
+    loop {
+        tokio::select! {
+            _ = sigterm.recv() => { tracing::info!("SIGTERM: shutting down"); break; }
+            _ = sigint.recv() => { tracing::info!("SIGINT: shutting down"); break; }
+            Some(conn) = rx.recv() => {
+                connections.spawn(serve_connection(conn, builder.clone(), graceful.watcher(), info.clone()));
+            }
+            Some(_) = connections.join_next() => {}
+            else => {
+                tracing::info!("the passed connections are done: exiting");
+                return Ok(());
+            }
+        }
+    }
+
+    // Stop accepting: the listeners are closed with their tasks.
+    acceptors.shutdown().await;
+    drop(rx);
+    let in_flight = connections.len();
+    if in_flight > 0 {
+        tracing::info!(
+            "draining {in_flight} connection(s), at most {:?}",
+            config.drain_timeout
+        );
+    }
+    tokio::select! {
+        () = graceful.shutdown() => tracing::info!("drained"),
+        () = tokio::time::sleep(config.drain_timeout) => {
+            tracing::warn!("drain timeout: dropping {} connection(s)", connections.len());
+        }
+        _ = sigterm.recv() => tracing::warn!("second SIGTERM: not waiting any longer"),
+        _ = sigint.recv() => tracing::warn!("second SIGINT: not waiting any longer"),
+    }
+    connections.abort_all();
+    Ok(())
+}
+
+/// Take every passed fd as what it is, or bind the fallback when nothing was passed.
+async fn take_sockets(
+    fds: &mut ListenFds,
+    fallback: SocketAddr,
+) -> Result<(Vec<Socket>, Vec<SocketInfo>), Error> {
+    if fds.is_empty() {
+        let listener = TcpListener::bind(fallback)
+            .await
+            .map_err(|source| Error::Bind {
+                addr: fallback,
+                source,
+            })?;
+        let local = listener
+            .local_addr()
+            .map_or_else(|_| fallback.to_string(), |a| a.to_string());
+        let info = SocketInfo {
+            fd: std::os::fd::AsRawFd::as_raw_fd(&listener),
+            name: "fallback".to_owned(),
+            kind: "tcp",
+            listening: true,
+            local,
+        };
+        return Ok((vec![Socket::Listener(Listener::Tcp(listener))], vec![info]));
+    }
+    let mut sockets = Vec::with_capacity(fds.len());
+    let mut infos = Vec::with_capacity(fds.len());
+    for i in 0..fds.len() {
+        let fd_info = fds.inspect(i)?;
+        let FdKind::Socket {
+            family,
+            socket_type: SocketType::Stream,
+            listening,
+            ref local,
+        } = fd_info.kind
+        else {
+            return Err(Error::Unsupported(fd_info));
+        };
+        let socket = match (family, listening) {
+            (Family::Inet | Family::Inet6, true) => {
+                Socket::Listener(Listener::Tcp(fds.tokio_tcp_listener(i)?))
+            }
+            (Family::Unix, true) => Socket::Listener(Listener::Unix(fds.tokio_unix_listener(i)?)),
+            (Family::Inet | Family::Inet6, false) => {
+                Socket::Conn(Conn::Tcp(fds.tokio_tcp_stream(i)?))
+            }
+            (Family::Unix, false) => Socket::Conn(Conn::Unix(fds.tokio_unix_stream(i)?)),
+            _ => return Err(Error::Unsupported(fd_info)),
+        };
+        infos.push(SocketInfo {
+            fd: fd_info.fd,
+            name: fd_info.name.clone(),
+            kind: if family == Family::Unix {
+                "unix"
+            } else {
+                "tcp"
+            },
+            listening,
+            local: local.as_ref().map_or_else(String::new, ToString::to_string),
+        });
+        sockets.push(socket);
+    }
+    Ok((sockets, infos))
+}
+
+/// Accept until the task is aborted, handing each connection to the serving loop. Accept
+/// errors (e.g. out of fds) are logged and retried after a short pause instead of spinning.
+async fn accept_loop(tx: mpsc::Sender<Conn>, listener: Listener) {
+    loop {
+        match listener.accept().await {
+            Ok(conn) => {
+                if tx.send(conn).await.is_err() {
+                    return; // shutting down
+                }
+            }
+            Err(e) => {
+                tracing::warn!("accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+/// Serve one connection with HTTP/1.1 or HTTP/2 (detected from the preface).
+async fn serve_connection(
+    conn: Conn,
+    builder: auto::Builder<TokioExecutor>,
+    watcher: hyper_util::server::graceful::Watcher,
+    info: Arc<Info>,
+) {
+    let service = service_fn(move |req| {
+        let info = info.clone();
+        async move { Ok::<_, std::convert::Infallible>(routes::handle(req, &info).await) }
+    });
+    let result = match conn {
+        Conn::Tcp(s) => {
+            watcher
+                .watch(builder.serve_connection(TokioIo::new(s), service))
+                .await
+        }
+        Conn::Unix(s) => {
+            watcher
+                .watch(builder.serve_connection(TokioIo::new(s), service))
+                .await
+        }
+    };
+    if let Err(e) = result {
+        tracing::debug!("connection ended with an error: {e}");
+    }
+}
