@@ -1,1 +1,202 @@
-//! Helpers for the end-to-end tests.
+//! Helpers for the end-to-end suite: find the real built binaries, talk plain HTTP/1.1 over
+//! TCP or Unix sockets, wait for a process to be gone, and skip loudly when a tool is absent.
+//!
+//! The binaries live in other packages of the workspace, so Cargo's `CARGO_BIN_EXE_*` is not
+//! available here; [`bin`] finds them in the target directory next to the test executable.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// Path of a binary built from this workspace (`sd-launch`, `demo-server`).
+///
+/// Test executables live in `target/<profile>/deps/`; the binaries in `target/<profile>/`.
+/// Panics with the command to run when the binary has not been built.
+///
+/// ```no_run
+/// let demo = sd_launch_tests::bin("demo-server");
+/// assert!(demo.ends_with("demo-server"));
+/// ```
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    let mut dir = exe
+        .parent()
+        .expect("test executable has a directory")
+        .to_path_buf();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    let path = dir.join(name);
+    assert!(
+        path.is_file(),
+        "{} not found: run `cargo build --workspace --bins` first (make test does)",
+        path.display()
+    );
+    path
+}
+
+/// An HTTP response: status code and body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Response {
+    /// The status code, e.g. 200.
+    pub status: u16,
+    /// The body as text.
+    pub body: String,
+}
+
+/// `GET path` over TCP with HTTP/1.1 and `Connection: close`.
+///
+/// ```no_run
+/// let r = sd_launch_tests::get_tcp("127.0.0.1:8080".parse().unwrap(), "/healthz").unwrap();
+/// assert_eq!(r.status, 200);
+/// ```
+pub fn get_tcp(addr: SocketAddr, path: &str) -> std::io::Result<Response> {
+    let s = TcpStream::connect_timeout(&addr, Duration::from_secs(10))?;
+    exchange(s, path)
+}
+
+/// `GET path` over a Unix stream socket.
+///
+/// ```no_run
+/// let r = sd_launch_tests::get_unix("/tmp/demo.sock".as_ref(), "/").unwrap();
+/// assert_eq!(r.status, 200);
+/// ```
+pub fn get_unix(path: &Path, url_path: &str) -> std::io::Result<Response> {
+    exchange(UnixStream::connect(path)?, url_path)
+}
+
+fn exchange<S: Read + Write>(mut s: S, path: &str) -> std::io::Result<Response> {
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw)?;
+    parse_response(&raw)
+}
+
+/// Parse a whole HTTP/1.1 response (identity or chunked body).
+///
+/// ```
+/// let r = sd_launch_tests::parse_response(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok").unwrap();
+/// assert_eq!((r.status, r.body.as_str()), (200, "ok"));
+/// ```
+pub fn parse_response(raw: &[u8]) -> std::io::Result<Response> {
+    let bad = |m: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, m.to_string());
+    let text = String::from_utf8_lossy(raw);
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| bad("no header end"))?;
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| bad("no status code"))?;
+    let chunked = head.lines().any(|l| {
+        l.to_ascii_lowercase()
+            .starts_with("transfer-encoding: chunked")
+    });
+    let body = if chunked {
+        dechunk(body)
+    } else {
+        body.to_string()
+    };
+    Ok(Response { status, body })
+}
+
+fn dechunk(mut s: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = s.split_once("\r\n") {
+        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+        if n == 0 || rest.len() < n {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        s = rest[n..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+/// Whether a process with this pid exists and is not a zombie.
+///
+/// ```
+/// assert!(sd_launch_tests::alive(std::process::id()));
+/// ```
+pub fn alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state field follows the parenthesised command name.
+        Ok(stat) => {
+            !matches!(stat.rsplit_once(')').map(|(_, r)| r.trim_start()), Some(r) if r.starts_with('Z') || r.starts_with('X'))
+        }
+        Err(_) => false,
+    }
+}
+
+/// Wait (up to 30 s, a generous bound, not a timing assertion) until `pid` is gone;
+/// true when it is.
+///
+/// ```
+/// assert!(sd_launch_tests::wait_gone(u32::MAX - 1));
+/// ```
+pub fn wait_gone(pid: u32) -> bool {
+    let end = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < end {
+        if !alive(pid) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    !alive(pid)
+}
+
+/// Find a tool on PATH; when absent print a loud SKIPPED line with the apt hint and return
+/// `None`. With `CI=true` an absent tool is a failure instead (CI installs everything).
+///
+/// ```
+/// assert!(sd_launch_tests::tool("sh", "dash").is_some());
+/// ```
+pub fn tool(name: &str, apt_package: &str) -> Option<PathBuf> {
+    let found = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/sbin")])
+            .map(|d| d.join(name))
+            .find(|p| p.is_file())
+    });
+    if found.is_none() {
+        let msg = format!(
+            "SKIPPED: `{name}` not found; install it with `apt-get install -y {apt_package}`"
+        );
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "{msg} (CI=true: skips are failures)"
+        );
+        eprintln!("\n*** {msg} ***\n");
+    }
+    found
+}
+
+/// Kills and reaps a `std::process::Child` on drop so a failing test leaves nothing behind.
+#[derive(Debug)]
+pub struct ChildGuard(pub std::process::Child);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Kills a pid (not our child, e.g. a daemon started by `sd-launch`) on drop.
+#[derive(Debug)]
+pub struct PidGuard(pub u32);
+
+impl Drop for PidGuard {
+    fn drop(&mut self) {
+        if alive(self.0) {
+            // SAFETY: kill(2) with a pid and a signal number has no memory-safety preconditions.
+            unsafe { libc::kill(self.0 as libc::pid_t, libc::SIGKILL) };
+        }
+    }
+}

@@ -1,0 +1,128 @@
+//! The seed's round trip: `sd-launch` starts `demo-server` on a free port, a client talks to
+//! it, and nothing is left running afterwards. Once as a shell script, once through the Rust API.
+
+use sd_launch::Launch;
+use sd_launch_tests::{PidGuard, bin, get_tcp, get_unix, wait_gone};
+use std::process::Command;
+
+#[test]
+fn shell_flow_export_curl_kill() {
+    let curl = match sd_launch_tests::tool("curl", "curl") {
+        Some(c) => c,
+        None => return,
+    };
+    let script = r#"
+        set -e
+        export $("$SD_LAUNCH" -- "$DEMO_SERVER")
+        echo "pid=$LAUNCHED_PID"
+        "$CURL" -sS --retry 0 http://127.0.0.1:$LAUNCHED_PORT/
+        "$CURL" -sS http://127.0.0.1:$LAUNCHED_PORT/info
+        echo
+        kill $LAUNCHED_PID
+    "#;
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(script)
+        .env("SD_LAUNCH", bin("sd-launch"))
+        .env("DEMO_SERVER", bin("demo-server"))
+        .env("CURL", curl)
+        .output()
+        .expect("run sh");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let mut lines = stdout.lines();
+    let pid: u32 = lines
+        .next()
+        .and_then(|l| l.strip_prefix("pid="))
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| {
+            panic!(
+                "no pid line in {stdout:?}; stderr: {}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
+    let _guard = PidGuard(pid);
+    assert!(
+        out.status.success(),
+        "script failed: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(lines.next(), Some("Hello from demo-server!"));
+    let info: serde_json::Value = serde_json::from_str(lines.next().expect("info line")).unwrap();
+    // The receiver is strict: "activated" means LISTEN_PID matched the daemon's own pid,
+    // which is the LAUNCHED_PID the shell saw.
+    assert_eq!(info["pid"], pid);
+    assert_eq!(info["activated"], true);
+    assert_eq!(info["sockets"][0]["fd"], 3);
+    assert_eq!(info["sockets"][0]["kind"], "tcp");
+    assert!(wait_gone(pid), "demo-server {pid} still running after kill");
+}
+
+#[test]
+fn rust_api_tcp_and_unix_then_drop_leaves_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("demo.sock");
+    let launched = Launch::new(bin("demo-server"))
+        .listen_on("127.0.0.1:0")
+        .listen_on(sock.to_str().unwrap())
+        .stderr(sd_launch::Stdio::null())
+        .spawn()
+        .expect("spawn demo-server");
+    let pid = launched.pid();
+
+    let tcp = get_tcp(launched.local_addr(0), "/").unwrap();
+    assert_eq!(
+        (tcp.status, tcp.body.as_str()),
+        (200, "Hello from demo-server!\n")
+    );
+    let health = get_unix(&sock, "/healthz").unwrap();
+    assert_eq!(health.status, 200);
+    let info: serde_json::Value =
+        serde_json::from_str(&get_unix(&sock, "/info").unwrap().body).unwrap();
+    assert_eq!(info["pid"], pid);
+    assert_eq!(info["sockets"][0]["kind"], "tcp");
+    assert_eq!(info["sockets"][1]["fd"], 4);
+    assert_eq!(info["sockets"][1]["kind"], "unix");
+
+    drop(launched);
+    assert!(
+        wait_gone(pid),
+        "demo-server {pid} survived dropping its Launched handle"
+    );
+}
+
+#[test]
+fn named_sockets_reach_info_in_order() {
+    let launched = Launch::new(bin("demo-server"))
+        .listen(
+            "127.0.0.1:0"
+                .parse::<sd_launch::SocketSpec>()
+                .unwrap()
+                .name("http"),
+        )
+        .listen(
+            "[::1]:0"
+                .parse::<sd_launch::SocketSpec>()
+                .unwrap()
+                .name("admin"),
+        )
+        .stderr(sd_launch::Stdio::null())
+        .spawn()
+        .expect("spawn demo-server");
+    let info: serde_json::Value =
+        serde_json::from_str(&get_tcp(launched.local_addr(0), "/info").unwrap().body).unwrap();
+    let names: Vec<_> = info["sockets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].clone())
+        .collect();
+    assert_eq!(names, ["http", "admin"]);
+    assert_eq!(
+        info["sockets"][1]["local"],
+        launched.local_addr(1).to_string()
+    );
+    assert_eq!(
+        get_tcp(launched.local_addr(1), "/healthz").unwrap().status,
+        200
+    );
+}
