@@ -130,7 +130,13 @@ pub async fn run(mut fds: ListenFds, config: Config) -> Result<(), Error> {
         ));
     }
 
+    // With no listener (Accept=yes style), the server is done when its connections are.
+    let listening = !acceptors.is_empty();
     loop {
+        if !listening && connections.is_empty() {
+            tracing::info!("the passed connections are done: exiting");
+            return Ok(());
+        }
         tokio::select! {
             _ = sigterm.recv() => { tracing::info!("SIGTERM: shutting down"); break; }
             _ = sigint.recv() => { tracing::info!("SIGINT: shutting down"); break; }
@@ -138,10 +144,6 @@ pub async fn run(mut fds: ListenFds, config: Config) -> Result<(), Error> {
                 connections.spawn(serve_connection(conn, builder.clone(), graceful.watcher(), info.clone()));
             }
             Some(_) = connections.join_next() => {}
-            else => {
-                tracing::info!("the passed connections are done: exiting");
-                return Ok(());
-            }
         }
     }
 
