@@ -29,7 +29,7 @@ demo: build ## start demo-server through sd-launch, curl it, stop it, prove noth
 	echo "demo-server $$LAUNCHED_PID has exited; no process left behind"
 
 test: build ## build the binaries, then run every test of the workspace (all features)
-	$(CARGO) test --workspace --all-features
+	$(CARGO) test --workspace --all-features --no-fail-fast
 
 lint: ## rustfmt check and clippy with warnings as errors
 	$(CARGO) fmt --all -- --check
