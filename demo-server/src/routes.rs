@@ -59,6 +59,7 @@ impl Info {
 
 /// Answer one request.
 pub async fn handle<B>(req: Request<B>, info: &Info) -> Response<Full<Bytes>> {
+    tracing::debug!(method = %req.method(), uri = %req.uri(), "request");
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return text(StatusCode::METHOD_NOT_ALLOWED, "only GET and HEAD\n");
     }

@@ -126,3 +126,40 @@ fn named_sockets_reach_info_in_order() {
         200
     );
 }
+
+#[test]
+fn sigterm_lets_the_request_in_flight_finish_then_exits_0() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("demo.log");
+    let mut launched = Launch::new(bin("demo-server"))
+        .env("RUST_LOG", "debug")
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .expect("spawn demo-server");
+    let addr = launched.local_addr(0);
+    let slow = std::thread::spawn(move || get_tcp(addr, "/slow?ms=1500"));
+    // Wait until the server has read the request (its debug log says so), then stop it.
+    let seen = (0..1500).any(|_| {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains("/slow?ms=1500")
+    });
+    assert!(
+        seen,
+        "the server never logged the request: {:?}",
+        std::fs::read_to_string(&log)
+    );
+    launched.signal(libc::SIGTERM).unwrap();
+    let response = slow
+        .join()
+        .unwrap()
+        .expect("the in-flight request is answered");
+    assert_eq!(
+        (response.status, response.body.as_str()),
+        (200, "slept 1500 ms\n")
+    );
+    assert_eq!(launched.wait().unwrap().code(), Some(0));
+    // The listener closed with the shutdown: new connections are refused.
+    assert!(get_tcp(addr, "/").is_err());
+}
