@@ -38,6 +38,11 @@ pub fn bin(name: &str) -> PathBuf {
 }
 
 /// An HTTP response: status code and body.
+///
+/// ```
+/// let r = sd_launch_tests::Response { status: 404, body: String::new() };
+/// assert_ne!(r.status, 200);
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Response {
     /// The status code, e.g. 200.
@@ -178,6 +183,13 @@ pub fn tool(name: &str, apt_package: &str) -> Option<PathBuf> {
 }
 
 /// Kills and reaps a `std::process::Child` on drop so a failing test leaves nothing behind.
+///
+/// ```
+/// let guard = sd_launch_tests::ChildGuard(std::process::Command::new("sleep").arg("60").spawn().unwrap());
+/// let pid = guard.0.id();
+/// drop(guard);
+/// assert!(!sd_launch_tests::alive(pid));
+/// ```
 #[derive(Debug)]
 pub struct ChildGuard(pub std::process::Child);
 
@@ -189,14 +201,22 @@ impl Drop for ChildGuard {
 }
 
 /// Kills a pid (not our child, e.g. a daemon started by `sd-launch`) on drop.
+///
+/// ```
+/// let mut child = std::process::Command::new("sleep").arg("60").spawn().unwrap();
+/// drop(sd_launch_tests::PidGuard(child.id()));
+/// assert!(!child.wait().unwrap().success()); // killed by the guard
+/// ```
 #[derive(Debug)]
 pub struct PidGuard(pub u32);
 
 impl Drop for PidGuard {
     fn drop(&mut self) {
-        if alive(self.0) {
+        // Never a pid <= 0: kill(2) would then signal a process group or every process.
+        let pid = libc::pid_t::try_from(self.0).unwrap_or(0);
+        if pid > 0 && alive(self.0) {
             // SAFETY: kill(2) with a pid and a signal number has no memory-safety preconditions.
-            unsafe { libc::kill(self.0 as libc::pid_t, libc::SIGKILL) };
+            unsafe { libc::kill(pid, libc::SIGKILL) };
         }
     }
 }
