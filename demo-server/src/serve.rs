@@ -221,7 +221,7 @@ async fn take_sockets(
             fd: fd_info.fd,
             name: fd_info.name.clone(),
             kind: if family == Family::Unix {
-                "unix"
+                "unix-stream"
             } else {
                 "tcp"
             },

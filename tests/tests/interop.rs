@@ -88,7 +88,7 @@ fn demo_server_under_systemd_socket_activate_unix() {
     let info = info(&r);
     assert_eq!(info["pid"], child.0.id());
     assert_eq!(info["sockets"][0]["name"], "local");
-    assert_eq!(info["sockets"][0]["kind"], "unix");
+    assert_eq!(info["sockets"][0]["kind"], "unix-stream");
     assert_eq!(get_unix(&path, "/healthz").unwrap().body.trim(), "ok");
 }
 

@@ -81,7 +81,7 @@ fn rust_api_tcp_and_unix_then_drop_leaves_nothing() {
     assert_eq!(info["pid"], pid);
     assert_eq!(info["sockets"][0]["kind"], "tcp");
     assert_eq!(info["sockets"][1]["fd"], 4);
-    assert_eq!(info["sockets"][1]["kind"], "unix");
+    assert_eq!(info["sockets"][1]["kind"], "unix-stream");
 
     drop(launched);
     assert!(
