@@ -118,12 +118,13 @@ fn main() -> ExitCode {
     }
 }
 
-/// tracing to stderr, filtered by RUST_LOG (default `info`).
+/// tracing to stderr, filtered by RUST_LOG (default `info`); colours only on a terminal.
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
 }
