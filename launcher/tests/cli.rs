@@ -483,3 +483,25 @@ fn a_background_daemons_stdio_is_dev_null() {
         assert_eq!(target, Path::new("/dev/null"), "fd {fd}");
     }
 }
+
+#[test]
+fn unix_sockets_are_private_unless_socket_mode_says_otherwise() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    for (extra, mode) in [(&[][..], 0o600), (&["--socket-mode", "660"][..], 0o660)] {
+        let sock = dir.path().join("s.sock");
+        let mut args = vec!["-l", sock.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        args.extend_from_slice(&["--", "sleep", "30"]);
+        let out = run(&args);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        let _daemon = Daemon(
+            parse_env(&text(&out.stdout))["LAUNCHED_PID"]
+                .parse()
+                .unwrap(),
+        );
+        let meta = fs::metadata(&sock).unwrap();
+        assert_eq!(meta.permissions().mode() & 0o7777, mode, "{extra:?}");
+        fs::remove_file(&sock).unwrap();
+    }
+}

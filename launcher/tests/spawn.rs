@@ -58,6 +58,40 @@ fn run_sh(launch: impl FnOnce(Launch) -> Launch, script: &str) -> (u32, String) 
     (child.pid(), text)
 }
 
+/// A daemon that has finished starting up: `sh` that says `ready` and then blocks reading
+/// stdin. A freshly exec'd program opens files for a moment while it starts (the dynamic
+/// loader, locale data), so its fd table is only looked at once it is settled.
+struct Settled {
+    daemon: sd_launch::Launched,
+    _stdin: fs::File,
+}
+
+/// A close-on-exec pipe as (read end, write end).
+fn pipe() -> (fs::File, fs::File) {
+    let mut fds = [0 as RawFd; 2];
+    // SAFETY: pipe2 writes two new fds into the array we own.
+    assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
+    // SAFETY: both fds are new and owned by nobody else.
+    unsafe { (fs::File::from_raw_fd(fds[0]), fs::File::from_raw_fd(fds[1])) }
+}
+
+fn settled(configure: impl FnOnce(Launch) -> Launch) -> Settled {
+    let (stdin_r, stdin_w) = pipe();
+    let (mut stdout_r, stdout_w) = pipe();
+    let daemon = configure(Launch::new("sh").args(["-c", "echo ready; read _"]))
+        .stdin(stdin_r)
+        .stdout(stdout_w)
+        .spawn()
+        .unwrap();
+    let mut ready = [0u8; 6];
+    stdout_r.read_exact(&mut ready).unwrap();
+    assert_eq!(&ready, b"ready\n");
+    Settled {
+        daemon,
+        _stdin: stdin_w,
+    }
+}
+
 #[test]
 fn child_has_exactly_stdio_and_the_sockets_even_when_the_parent_leaks_fds() {
     // A deliberately leaky fd: opened without O_CLOEXEC, and made sure of with fcntl.
@@ -72,14 +106,12 @@ fn child_has_exactly_stdio_and_the_sockets_even_when_the_parent_leaks_fds() {
     let flags = unsafe { libc::fcntl(raw, libc::F_GETFD) };
     assert_eq!(flags & libc::FD_CLOEXEC, 0);
 
-    let daemon = Launch::new("sleep")
-        .arg("30")
-        .listen(SocketSpec::loopback())
-        .listen(SocketSpec::loopback())
-        .listen(SocketSpec::loopback())
-        .spawn()
-        .unwrap();
-    let pid = daemon.pid();
+    let settled = settled(|l| {
+        l.listen(SocketSpec::loopback())
+            .listen(SocketSpec::loopback())
+            .listen(SocketSpec::loopback())
+    });
+    let pid = settled.daemon.pid();
     assert_eq!(open_fds(pid), [0, 1, 2, 3, 4, 5]);
     for fd in 3..=5 {
         assert!(fd_target(pid, fd).starts_with("socket:["), "fd {fd}");
@@ -142,13 +174,8 @@ fn helper_sources_on_targets() {
     let at4 = OwnedFd::from(TcpListener::bind("127.0.0.1:0").unwrap());
     assert_eq!((at3.as_raw_fd(), at4.as_raw_fd()), (3, 4));
     let (link3, link4) = (socket_link(&at3), socket_link(&at4));
-    let daemon = Launch::new("sleep")
-        .arg("30")
-        .fd(at4)
-        .fd(at3)
-        .spawn()
-        .unwrap();
-    let pid = daemon.pid();
+    let settled = settled(|l| l.fd(at4).fd(at3));
+    let pid = settled.daemon.pid();
     assert_eq!(open_fds(pid), [0, 1, 2, 3, 4]);
     assert_eq!(
         fd_target(pid, 3),
@@ -188,12 +215,13 @@ fn sixty_four_sockets_arrive_in_order() {
         .map(|_| TcpListener::bind("127.0.0.1:0").unwrap())
         .collect();
     let links: Vec<String> = listeners.iter().map(socket_link).collect();
-    let mut launch = Launch::new("sleep").arg("30");
-    for l in listeners {
-        launch = launch.fd(l);
-    }
-    let daemon = launch.spawn().unwrap();
-    let pid = daemon.pid();
+    let settled = settled(|mut launch| {
+        for l in listeners {
+            launch = launch.fd(l);
+        }
+        launch
+    });
+    let pid = settled.daemon.pid();
     assert_eq!(open_fds(pid), (0..67).collect::<Vec<_>>());
     for (i, link) in links.iter().enumerate() {
         assert_eq!(&fd_target(pid, 3 + i as RawFd), link, "socket {i}");
@@ -383,4 +411,28 @@ fn the_default_socket_is_a_connectable_loopback_tcp_listener() {
     assert_ne!(addr.port(), 0);
     // Nobody accepts, but the kernel completes the handshake into the backlog.
     TcpStream::connect(addr).unwrap();
+}
+
+#[test]
+fn a_panicking_test_does_not_leave_its_daemon_running() {
+    let pid = std::sync::Mutex::new(0);
+    let result = std::panic::catch_unwind(|| {
+        let daemon = Launch::new("sleep").arg("30").spawn().unwrap();
+        *pid.lock().unwrap() = daemon.pid();
+        panic!("the test fails while the daemon runs");
+    });
+    assert!(result.is_err());
+    let pid = *pid.lock().unwrap();
+    assert_ne!(pid, 0);
+    // Reaped, not merely killed: it is no child of ours any more, in any state.
+    assert_eq!(child_state(pid), None, "daemon {pid} survived the panic");
+}
+
+/// The state letter of `pid` if it is a child of this process.
+fn child_state(pid: u32) -> Option<char> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let mut fields = stat[stat.rfind(')')? + 2..].split(' ');
+    let state = fields.next()?.chars().next()?;
+    let ppid: u32 = fields.next()?.parse().ok()?;
+    (ppid == std::process::id()).then_some(state)
 }
