@@ -313,6 +313,7 @@ fn the_daemon_gets_its_own_pid_and_never_the_launchers_listen_variables() {
 #[test]
 fn foreground_exits_with_the_daemons_code_or_128_plus_its_signal() {
     for (script, code) in [
+        ("kill -INT $$", 130),
         ("exit 0", 0),
         ("exit 42", 42),
         ("kill -TERM $$", 143),
@@ -393,6 +394,9 @@ impl Drop for Foreground {
 const TRAPPING: &str = r#"
 trap 'echo got-usr1' USR1
 trap 'echo got-hup' HUP
+trap 'echo got-usr2' USR2
+trap 'echo got-int' INT
+trap 'echo got-quit' QUIT
 trap 'echo got-term; exit 7' TERM
 echo ready
 while :; do sleep 0.05; done
@@ -405,6 +409,12 @@ fn foreground_forwards_signals_to_the_daemon() {
     assert_eq!(fg.next_line(), "got-usr1");
     fg.signal(libc::SIGHUP);
     assert_eq!(fg.next_line(), "got-hup");
+    fg.signal(libc::SIGUSR2);
+    assert_eq!(fg.next_line(), "got-usr2");
+    fg.signal(libc::SIGINT);
+    assert_eq!(fg.next_line(), "got-int");
+    fg.signal(libc::SIGQUIT);
+    assert_eq!(fg.next_line(), "got-quit");
     fg.signal(libc::SIGTERM);
     assert_eq!(fg.next_line(), "got-term");
     let status = fg.child.wait().unwrap();
