@@ -34,6 +34,23 @@ fn launching_a_missing_program_exits_127_and_prints_no_variables() {
 }
 
 #[test]
+fn launching_a_non_executable_file_exits_126_and_prints_no_variables() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("not-executable");
+    std::fs::write(&script, "#!/bin/sh\nexit 0\n").unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = Command::new(bin("sd-launch"))
+        .arg("--")
+        .arg(&script)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(126), "stderr: {}", stderr_of(&out));
+    assert!(out.stdout.is_empty());
+    assert_one_line_error(&out, "not-executable");
+}
+
+#[test]
 fn launching_a_missing_program_through_the_api_is_an_error() {
     let err = Launch::new("/nonexistent/no-such-daemon")
         .spawn()

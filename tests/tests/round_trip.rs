@@ -163,3 +163,47 @@ fn sigterm_lets_the_request_in_flight_finish_then_exits_0() {
     // The listener closed with the shutdown: new connections are refused.
     assert!(get_tcp(addr, "/").is_err());
 }
+
+/// Launchers such as `systemfd --no-pid` omit LISTEN_PID: strict demo-server ignores the
+/// socket and says why (then binds `--listen`); `--lenient` serves it.
+#[test]
+fn lenient_mode_serves_a_launch_without_listen_pid() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("strict.log");
+    let strict = Launch::new(bin("demo-server"))
+        .args(["--listen", "127.0.0.1:0"])
+        .no_pid(true)
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .expect("spawn demo-server");
+    let lenient = Launch::new(bin("demo-server"))
+        .args(["--lenient", "--listen", "127.0.0.1:0"])
+        .no_pid(true)
+        .stderr(sd_launch::Stdio::null())
+        .spawn()
+        .expect("spawn demo-server --lenient");
+
+    let reply = get_tcp(lenient.local_addr(0), "/info").unwrap();
+    let info: serde_json::Value = serde_json::from_str(&reply.body).unwrap();
+    assert_eq!(info["activated"], true);
+    assert_eq!(info["pid"], lenient.pid());
+
+    // The strict one logs the receiver's reason once it has started.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let text = loop {
+        let text = std::fs::read_to_string(&log).unwrap();
+        if text.contains("serving") || std::time::Instant::now() > deadline {
+            break text;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    assert!(
+        text.contains("LISTEN_FDS is set but LISTEN_PID is not"),
+        "strict demo-server log: {text}"
+    );
+    assert!(
+        text.contains("name=fallback"),
+        "strict demo-server log: {text}"
+    );
+    drop(strict);
+}
