@@ -3,9 +3,10 @@
 //! libsystemd's `sd_listen_fds_with_names()` for every input, typed hand-out, and errors that
 //! say what went wrong.
 //!
-//! A daemon that supports socket activation and falls back to binding:
+//! A daemon that supports socket activation and falls back to binding (`no_run`: port 8080
+//! may be taken where the docs are tested):
 //!
-//! ```
+//! ```no_run
 //! fn main() -> Result<(), listenfd_core::Error> {
 //!     let listener = listenfd_core::tcp_listener_or_bind("127.0.0.1:8080")?;
 //!     println!("listening on {:?}", listener.local_addr());
