@@ -97,6 +97,9 @@ pub enum Error {
         /// The OS error.
         source: io::Error,
     },
+    /// Options that cannot be combined.
+    #[error("{0}")]
+    Conflict(&'static str),
     /// Opening a file for the daemon's output or input failed.
     #[error("cannot open {path} for the daemon's {stream}: {source}")]
     Stdio {
@@ -114,7 +117,7 @@ impl Error {
     ///
     /// | code | meaning |
     /// | --- | --- |
-    /// | 2 | invalid command line: address, fd name, name count, NUL byte |
+    /// | 2 | invalid command line: address, fd name, name count, NUL byte, conflicting options |
     /// | 3 | a socket could not be created, bound or listened on, or its path is taken |
     /// | 4 | the daemon could not be started (fork, chdir, stdio files) |
     /// | 126 | the program is not executable |
@@ -129,7 +132,8 @@ impl Error {
             Error::Address { .. }
             | Error::FdName { .. }
             | Error::NameCount { .. }
-            | Error::Nul { .. } => 2,
+            | Error::Nul { .. }
+            | Error::Conflict(_) => 2,
             Error::Socket { .. } | Error::PathInUse { .. } => 3,
             Error::Spawn { .. } | Error::Stdio { .. } => 4,
             Error::NotExecutable { .. } => 126,

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use crate::error::Error;
 use crate::launched::{Launched, LaunchedSocket};
 use crate::socket::{self, CreatedPath, DEFAULT_BACKLOG, DEFAULT_UNIX_MODE};
-use crate::spawn::{self, Plan};
+use crate::spawn::{self, Gate, Plan};
 use crate::spec::{Address, SocketSpec};
 
 /// Variables of the protocol that a launcher sets itself: never inherited from our own
@@ -116,6 +116,7 @@ pub struct Launch {
     with_pid: bool,
     kill_on_drop: bool,
     parent_death_signal: Option<i32>,
+    inetd: Option<OwnedFd>,
 }
 
 impl Launch {
@@ -139,6 +140,7 @@ impl Launch {
             with_pid: true,
             kill_on_drop: true,
             parent_death_signal: None,
+            inetd: None,
         }
     }
 
@@ -375,6 +377,31 @@ impl Launch {
         self
     }
 
+    /// inetd style, systemd's `Accept=yes` with `StandardInput=socket`: `conn` (usually an
+    /// accepted connection) becomes the daemon's stdin and stdout, and the daemon gets no
+    /// sockets at fd 3 and no `LISTEN_*` variables. Combining it with
+    /// [`listen`](Launch::listen) or [`fd`](Launch::fd) is an error; a later
+    /// [`stdin`](Launch::stdin) or [`stdout`](Launch::stdout) is overridden.
+    ///
+    /// ```
+    /// use std::io::Read;
+    /// use std::os::unix::net::UnixStream;
+    /// let (mut ours, theirs) = UnixStream::pair()?;
+    /// let mut daemon = sd_launch::Launch::new("sh")
+    ///     .args(["-c", "echo \"fds=${LISTEN_FDS:-none}\""])
+    ///     .inetd(theirs)
+    ///     .spawn()?;
+    /// daemon.wait()?;
+    /// let mut got = String::new();
+    /// ours.read_to_string(&mut got)?;
+    /// assert_eq!(got, "fds=none\n");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn inetd(mut self, conn: impl Into<OwnedFd>) -> Launch {
+        self.inetd = Some(conn.into());
+        self
+    }
+
     /// Create the sockets and start the daemon. Returns once the program has been executed
     /// (its `execve` succeeded); nothing has been printed, and on error nothing is left
     /// running or created.
@@ -384,6 +411,31 @@ impl Launch {
     /// assert_eq!(err.exit_code(), 127);
     /// ```
     pub fn spawn(self) -> Result<Launched, Error> {
+        self.start(false).map(|(launched, _)| launched)
+    }
+
+    /// Like [`spawn`](Launch::spawn), but the daemon is held just before `execve` until
+    /// [`Held::release`]: its pid and sockets are known, and it has not run yet. This is how
+    /// `sd-launch --foreground` prints the port before the daemon can write to the same
+    /// stdout. A missing or non-executable program is reported here, before the hold; the
+    /// rarer `execve` failures (a bad binary format, say) by `release`.
+    ///
+    /// ```
+    /// let held = sd_launch::Launch::new("true").spawn_held()?;
+    /// println!("LAUNCHED_PID={}", held.pid()); // before the daemon runs
+    /// let mut daemon = held.release()?;
+    /// assert!(daemon.wait()?.success());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn spawn_held(self) -> Result<Held, Error> {
+        let (launched, gate) = self.start(true)?;
+        Ok(Held {
+            launched: Some(launched),
+            gate: Some(gate.expect("a gated spawn returns its gate")),
+        })
+    }
+
+    fn start(self, gate: bool) -> Result<(Launched, Option<Gate>), Error> {
         let Launch {
             program,
             args,
@@ -397,10 +449,27 @@ impl Launch {
             with_pid,
             kill_on_drop,
             parent_death_signal,
+            inetd,
         } = self;
-        if sockets.is_empty() {
+        let mut stdio = stdio;
+        if let Some(conn) = inetd {
+            if !sockets.is_empty() {
+                return Err(Error::Conflict(
+                    "inetd mode passes the connection on stdin/stdout and no sockets: \
+                     drop the listen/fd sockets or the inetd connection",
+                ));
+            }
+            let copy = conn.try_clone().map_err(|source| Error::Spawn {
+                program: program.to_string_lossy().into_owned(),
+                step: "duplicating the inetd connection",
+                source,
+            })?;
+            stdio[0] = Stdio(StdioKind::Fd(copy));
+            stdio[1] = Stdio(StdioKind::Fd(conn));
+        } else if sockets.is_empty() {
             sockets.push(Pending::Spec(SocketSpec::loopback()));
         }
+        let announce = !sockets.is_empty();
 
         let mut fds: Vec<OwnedFd> = Vec::with_capacity(sockets.len());
         let mut described = Vec::with_capacity(sockets.len());
@@ -432,11 +501,14 @@ impl Launch {
                 .filter(|(k, _)| !PROTOCOL_VARIABLES.iter().any(|p| OsStr::new(p) == k))
                 .filter_map(|(k, v)| v.map(|v| (k, v))),
         );
-        vars.push(("LISTEN_FDS".into(), fds.len().to_string().into()));
+        if announce {
+            vars.push(("LISTEN_FDS".into(), fds.len().to_string().into()));
+        }
         if let Some(names) = names {
             vars.push(("LISTEN_FDNAMES".into(), names.into()));
         }
 
+        let with_pid = with_pid && announce;
         let mut plan = Plan::new(&program, &args, &vars, with_pid, cwd.as_deref())?;
         let null = open_null_if_needed(&stdio)?;
         for (i, s) in stdio.iter().enumerate() {
@@ -448,8 +520,9 @@ impl Launch {
         }
         plan.sockets = fds.iter().map(AsRawFd::as_raw_fd).collect();
         plan.parent_death_signal = parent_death_signal;
+        plan.gate = gate;
 
-        let pid = spawn::spawn(&mut plan)?;
+        let (pid, gate) = spawn::spawn(&mut plan)?;
         drop(fds); // the daemon has its own copies now
         let sockets = described
             .into_iter()
@@ -461,7 +534,86 @@ impl Launch {
                 address,
             })
             .collect();
-        Ok(Launched::new(pid, sockets, created, kill_on_drop))
+        Ok((Launched::new(pid, sockets, created, kill_on_drop), gate))
+    }
+}
+
+/// A daemon started by [`Launch::spawn_held`] and held just before `execve`: its pid and
+/// sockets are known, its program has not run yet. Dropping it without
+/// [`release`](Held::release) lets the child exit without running the program, and reaps it.
+///
+/// ```
+/// let held = sd_launch::Launch::new("sleep").arg("5").spawn_held()?;
+/// assert_eq!(held.sockets().len(), 1);
+/// drop(held); // never ran; killed and reaped
+/// # Ok::<(), sd_launch::Error>(())
+/// ```
+#[derive(Debug)]
+pub struct Held {
+    // Both are `Some` until `release` or `drop` takes them.
+    launched: Option<Launched>,
+    gate: Option<Gate>,
+}
+
+impl Held {
+    /// The daemon's pid (its `LISTEN_PID`).
+    ///
+    /// ```
+    /// let held = sd_launch::Launch::new("true").spawn_held()?;
+    /// assert!(held.pid() > 1);
+    /// # Ok::<(), sd_launch::Error>(())
+    /// ```
+    pub fn pid(&self) -> u32 {
+        self.launched().pid()
+    }
+
+    /// The sockets passed, in fd order.
+    ///
+    /// ```
+    /// let held = sd_launch::Launch::new("true").spawn_held()?;
+    /// assert_eq!(held.sockets()[0].kind, "tcp");
+    /// # Ok::<(), sd_launch::Error>(())
+    /// ```
+    pub fn sockets(&self) -> &[LaunchedSocket] {
+        self.launched().sockets()
+    }
+
+    fn launched(&self) -> &Launched {
+        self.launched
+            .as_ref()
+            .expect("held until released or dropped")
+    }
+
+    /// Let the daemon run: returns its handle once `execve` succeeded. On error the child
+    /// has been reaped.
+    ///
+    /// ```
+    /// let mut daemon = sd_launch::Launch::new("true").spawn_held()?.release()?;
+    /// assert!(daemon.wait()?.success());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn release(mut self) -> Result<Launched, Error> {
+        let gate = self.gate.take().expect("held until released or dropped");
+        let mut launched = self
+            .launched
+            .take()
+            .expect("held until released or dropped");
+        match gate.release() {
+            Ok(()) => Ok(launched),
+            Err(e) => {
+                let _ = launched.wait();
+                Err(e)
+            }
+        }
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        if let (Some(gate), Some(mut launched)) = (self.gate.take(), self.launched.take()) {
+            drop(gate); // the child sees the channel close without a release and exits
+            let _ = launched.wait();
+        }
     }
 }
 

@@ -37,6 +37,6 @@ pub mod spec;
 pub mod supervise;
 
 pub use error::Error;
-pub use launch::{Launch, PROTOCOL_VARIABLES, Stdio};
+pub use launch::{Held, Launch, PROTOCOL_VARIABLES, Stdio};
 pub use launched::{Launched, LaunchedSocket};
 pub use spec::{Address, SocketSpec, Transport};

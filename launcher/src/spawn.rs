@@ -12,22 +12,26 @@
 //!    supervisors block signals);
 //! 2. optionally, `PR_SET_PDEATHSIG` (Linux), re-checking that the parent is still alive;
 //! 3. `chdir`;
-//! 4. every source fd (stdio files, sockets, the error pipe) is first duplicated above the
+//! 4. every source fd (stdio files, sockets, the status channel) is first duplicated above the
 //!    highest target, then `dup2`ed onto its target (0..2, then 3..3+n-1): no source can sit
 //!    on another's target, and a `dup2` onto a different fd always clears `FD_CLOEXEC`;
 //! 5. every other fd from 3+n up is closed (`close_range` where the kernel has it, else a loop
-//!    up to the fd limit), except the error pipe, which is close-on-exec;
+//!    up to the fd limit), except the status channel, which is close-on-exec;
 //! 6. the pid digits are written into the `LISTEN_PID=` slot;
-//! 7. `execve` of each `PATH` candidate, like `execvp`.
+//! 7. when held ([`Plan::gate`]): check that some candidate is an executable file, tell the
+//!    parent, and wait until it releases the gate (so `sd-launch --foreground` can print the
+//!    port before the daemon writes anything to the same stdout);
+//! 8. `execve` of each `PATH` candidate, like `execvp`.
 //!
-//! A failure in the child is written as (step, errno) to the close-on-exec error pipe; the
+//! A failure in the child is written as (step, errno) to the close-on-exec status channel (a socket pair); the
 //! parent reads it (end of file means `execve` succeeded), reaps the child, and returns an
 //! [`Error`] naming the program and the errno.
 
 use std::ffi::{CString, OsStr, OsString};
-use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::io::{self, Read, Write};
+use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::net::UnixStream;
 use std::path::Path;
 
 use crate::error::Error;
@@ -36,10 +40,12 @@ const PID_PREFIX: &[u8] = b"LISTEN_PID=";
 /// Room for the digits of any pid_t and the terminating NUL.
 const PID_DIGITS: usize = 20;
 
-/// The steps that can fail in the child, as reported through the error pipe.
+/// The steps that can fail in the child, as reported through the status channel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u32)]
 enum Step {
+    /// Not a failure: the child waits at the gate.
+    AtGate = 0,
     Dup = 1,
     Chdir = 2,
     Exec = 3,
@@ -50,6 +56,7 @@ enum Step {
 impl Step {
     fn from_u32(v: u32) -> Option<Step> {
         [
+            Step::AtGate,
             Step::Dup,
             Step::Chdir,
             Step::Exec,
@@ -62,6 +69,7 @@ impl Step {
 
     fn describe(self) -> &'static str {
         match self {
+            Step::AtGate => "waiting at the gate",
             Step::Dup => "moving fds into place (dup2)",
             Step::Chdir => "changing directory",
             Step::Exec => "execve",
@@ -89,6 +97,8 @@ pub(crate) struct Plan {
     pub sockets: Vec<RawFd>,
     /// Signal to receive when the parent (thread) dies.
     pub parent_death_signal: Option<i32>,
+    /// Hold the child just before `execve` until [`Gate::release`].
+    pub gate: bool,
     /// Fallback upper bound for closing fds when `close_range` is missing.
     max_fd: RawFd,
 }
@@ -154,6 +164,7 @@ impl Plan {
             stdio: [None; 3],
             sockets: Vec::new(),
             parent_death_signal: None,
+            gate: false,
             max_fd: max_fd(),
         })
     }
@@ -196,9 +207,39 @@ fn max_fd() -> RawFd {
     }
 }
 
-/// Fork and exec according to `plan`. Returns the child's pid once `execve` succeeded; on any
-/// failure the child has been reaped and nothing is left running.
-pub(crate) fn spawn(plan: &mut Plan) -> Result<libc::pid_t, Error> {
+/// A child held just before `execve` (see [`Plan::gate`]): its setup succeeded and its
+/// program exists and is executable; it runs once released.
+#[derive(Debug)]
+pub(crate) struct Gate {
+    channel: UnixStream,
+    program: String,
+    searched_path: bool,
+}
+
+impl Gate {
+    /// Let the child exec, and report whether `execve` succeeded. On error the child has
+    /// exited (status 127) and the caller must reap it.
+    pub fn release(self) -> Result<(), Error> {
+        // One byte lets the child go; closing the channel without it (dropping the gate)
+        // makes the child exit without running the program.
+        (&self.channel)
+            .write_all(b"G")
+            .map_err(|source| Error::Spawn {
+                program: self.program.clone(),
+                step: "releasing the gate",
+                source,
+            })?;
+        match read_report(&self.channel, &self.program)? {
+            None => Ok(()),
+            Some((step, errno)) => Err(child_error(&self.program, self.searched_path, step, errno)),
+        }
+    }
+}
+
+/// Fork and exec according to `plan`. Returns the child's pid once `execve` succeeded (or,
+/// with [`Plan::gate`], once the child waits at the gate); on any failure the child has been
+/// reaped and nothing is left running.
+pub(crate) fn spawn(plan: &mut Plan) -> Result<(libc::pid_t, Option<Gate>), Error> {
     let program = plan.program.clone();
     let os_err = |step: &'static str, source: io::Error| Error::Spawn {
         program: program.clone(),
@@ -214,7 +255,7 @@ pub(crate) fn spawn(plan: &mut Plan) -> Result<libc::pid_t, Error> {
         Some(i) => unsafe { plan.env[i].as_mut_ptr().add(PID_PREFIX.len()) },
         None => std::ptr::null_mut(),
     };
-    let (err_read, err_write) = pipe_cloexec().map_err(|e| os_err("pipe", e))?;
+    let (ours, theirs) = UnixStream::pair().map_err(|e| os_err("socketpair", e))?;
     // SAFETY: getpid has no preconditions.
     let parent_pid = unsafe { libc::getpid() };
     // Scratch space for the child's fd moves: allocated here, written there.
@@ -237,41 +278,73 @@ pub(crate) fn spawn(plan: &mut Plan) -> Result<libc::pid_t, Error> {
                 &envp,
                 pid_digits,
                 &mut high,
-                err_write.as_raw_fd(),
+                theirs.as_raw_fd(),
                 parent_pid,
             )
         }
     }
-    drop(err_write);
-    let mut report = [0u8; 8];
-    let n = read_full(&err_read, &mut report).map_err(|e| os_err("reading the exec status", e));
-    match n {
-        Ok(0) => Ok(pid),
-        Ok(8) => {
-            reap(pid);
-            let step = u32::from_ne_bytes(report[..4].try_into().expect("4 bytes"));
-            let errno = i32::from_ne_bytes(report[4..].try_into().expect("4 bytes"));
-            Err(child_error(plan, Step::from_u32(step), errno))
+    drop(theirs);
+    let searched_path = plan.candidates.len() > 1 || !plan.program.contains('/');
+    let report = read_report(&ours, &plan.program);
+    let fail = |ours: UnixStream, error: Error| {
+        drop(ours); // a child still at the gate sees the close and exits
+        reap(pid);
+        Err(error)
+    };
+    match report {
+        Ok(None) if !plan.gate => Ok((pid, None)),
+        Ok(Some((Some(Step::AtGate), _))) if plan.gate => Ok((
+            pid,
+            Some(Gate {
+                channel: ours,
+                program: plan.program.clone(),
+                searched_path,
+            }),
+        )),
+        Ok(Some((step, errno))) => {
+            fail(ours, child_error(&plan.program, searched_path, step, errno))
         }
-        Ok(_) | Err(_) => {
-            // A short report cannot happen with an 8-byte write to a pipe; be safe anyway.
-            reap(pid);
-            Err(n.err().unwrap_or_else(|| {
-                os_err(
-                    "reading the exec status",
-                    io::ErrorKind::UnexpectedEof.into(),
-                )
-            }))
-        }
+        Ok(None) => fail(
+            ours,
+            os_err(
+                "holding the child before exec",
+                io::ErrorKind::UnexpectedEof.into(),
+            ),
+        ),
+        Err(e) => fail(ours, e),
     }
 }
 
-fn child_error(plan: &Plan, step: Option<Step>, errno: i32) -> Error {
+/// Read one (step, errno) report from the child; `None` at end of file (execve succeeded).
+fn read_report(channel: &UnixStream, program: &str) -> Result<Option<(Option<Step>, i32)>, Error> {
+    let mut report = [0u8; 8];
+    let n = read_full(channel, &mut report).map_err(|source| Error::Spawn {
+        program: program.to_owned(),
+        step: "reading the exec status",
+        source,
+    })?;
+    match n {
+        0 => Ok(None),
+        8 => {
+            let step = u32::from_ne_bytes(report[..4].try_into().expect("4 bytes"));
+            let errno = i32::from_ne_bytes(report[4..].try_into().expect("4 bytes"));
+            Ok(Some((Step::from_u32(step), errno)))
+        }
+        // An 8-byte write to a socket arrives whole; be safe anyway.
+        _ => Err(Error::Spawn {
+            program: program.to_owned(),
+            step: "reading the exec status",
+            source: io::ErrorKind::UnexpectedEof.into(),
+        }),
+    }
+}
+
+fn child_error(program: &str, searched_path: bool, step: Option<Step>, errno: i32) -> Error {
     let source = io::Error::from_raw_os_error(errno);
     match step {
         Some(Step::Exec) if errno == libc::ENOENT || errno == libc::ENOTDIR => Error::NotFound {
-            program: plan.program.clone(),
-            where_: if plan.candidates.len() > 1 || !plan.program.contains('/') {
+            program: program.to_owned(),
+            where_: if searched_path {
                 " (searched PATH; give a path or fix PATH)".into()
             } else {
                 String::new()
@@ -284,12 +357,12 @@ fn child_error(plan: &Plan, step: Option<Step>, errno: i32) -> Error {
             ) =>
         {
             Error::NotExecutable {
-                program: plan.program.clone(),
+                program: program.to_owned(),
                 source,
             }
         }
         step => Error::Spawn {
-            program: plan.program.clone(),
+            program: program.to_owned(),
             step: step.map_or("the child", Step::describe),
             source,
         },
@@ -307,32 +380,17 @@ fn reap(pid: libc::pid_t) {
     }
 }
 
-fn pipe_cloexec() -> io::Result<(OwnedFd, OwnedFd)> {
-    let mut fds = [0 as RawFd; 2];
-    // SAFETY: pipe2 writes two fds into the array we own.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: pipe2 succeeded, so both fds are open and owned by nobody else.
-    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
-}
-
-fn read_full(fd: &OwnedFd, buf: &mut [u8]) -> io::Result<usize> {
+/// The child's status channel is a close-on-exec `UnixStream` pair: the child reports a
+/// failure (and, when gated, its arrival at the gate) as 8 bytes, and when gated waits for the
+/// parent's release byte; end of file for the parent means `execve` succeeded.
+fn read_full(mut channel: &UnixStream, buf: &mut [u8]) -> io::Result<usize> {
     let mut got = 0;
     while got < buf.len() {
-        // SAFETY: reading into the unfilled tail of a buffer we own.
-        let r = unsafe {
-            libc::read(
-                fd.as_raw_fd(),
-                buf[got..].as_mut_ptr().cast(),
-                buf.len() - got,
-            )
-        };
-        match r {
-            0 => break,
-            r if r > 0 => got += r as usize,
-            _ if io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) => {}
-            _ => return Err(io::Error::last_os_error()),
+        match channel.read(&mut buf[got..]) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
         }
     }
     Ok(got)
@@ -357,12 +415,18 @@ unsafe fn child(
     // prctl, getppid, chdir, fcntl, dup2, close, syscall(close_range), getpid, execve, write,
     // _exit) on memory prepared before fork; no allocation, no locks.
     unsafe {
-        let fail = |step: Step, err_fd: RawFd| -> ! {
-            let errno = io::Error::last_os_error().raw_os_error().unwrap_or(0);
+        let report = |step: Step, errno: i32, err_fd: RawFd| {
             let mut report = [0u8; 8];
             report[..4].copy_from_slice(&(step as u32).to_ne_bytes());
             report[4..].copy_from_slice(&errno.to_ne_bytes());
             libc::write(err_fd, report.as_ptr().cast(), report.len());
+        };
+        let fail = |step: Step, err_fd: RawFd| -> ! {
+            report(
+                step,
+                io::Error::last_os_error().raw_os_error().unwrap_or(0),
+                err_fd,
+            );
             libc::_exit(127)
         };
 
@@ -420,11 +484,44 @@ unsafe fn child(
                 fail(Step::Dup, err_fd);
             }
         }
-        // Close everything else except the error pipe (close-on-exec).
+        // Close everything else except the status channel (close-on-exec).
         close_from(first_free, err_fd, plan.max_fd).unwrap_or_else(|()| fail(Step::Close, err_fd));
 
         if !pid_digits.is_null() {
             write_decimal(libc::getpid() as u64, pid_digits);
+        }
+
+        if plan.gate {
+            // Fail before the gate if no candidate can be executed, so the parent reports
+            // the usual errors before it prints anything.
+            let mut errno = libc::ENOENT;
+            let mut found = false;
+            for path in &plan.candidates {
+                let mut st: libc::stat = std::mem::zeroed();
+                if libc::stat(path.as_ptr(), &mut st) == 0 {
+                    if st.st_mode & libc::S_IFMT == libc::S_IFREG
+                        && libc::access(path.as_ptr(), libc::X_OK) == 0
+                    {
+                        found = true;
+                        break;
+                    }
+                    errno = libc::EACCES;
+                }
+            }
+            if !found {
+                *libc::__errno_location() = errno;
+                fail(Step::Exec, err_fd);
+            }
+            report(Step::AtGate, 0, err_fd);
+            let mut byte = 0u8;
+            let mut n = libc::read(err_fd, (&mut byte as *mut u8).cast(), 1);
+            while n < 0 && io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
+                n = libc::read(err_fd, (&mut byte as *mut u8).cast(), 1);
+            }
+            if n != 1 {
+                // The parent dropped the gate: the program never runs.
+                libc::_exit(127);
+            }
         }
 
         let mut errno = libc::ENOENT;

@@ -311,6 +311,23 @@ fn the_daemon_gets_its_own_pid_and_never_the_launchers_listen_variables() {
 }
 
 #[test]
+fn foreground_prints_its_lines_before_the_daemon_writes_anything() {
+    // The daemon shares sd-launch's stdout and writes at once: a caller reading the pipe
+    // must still get the port first (sd-launch holds the daemon before exec until it has
+    // printed). A race would show up over a few runs.
+    for _ in 0..20 {
+        let out = run(&["--foreground", "--", "sh", "-c", "echo first"]);
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+        let stdout = text(&out.stdout);
+        let lines: Vec<&str> = stdout.lines().collect();
+        assert_eq!(lines.len(), 3, "{stdout}");
+        assert!(lines[0].starts_with("LAUNCHED_PORT="), "{stdout}");
+        assert!(lines[1].starts_with("LAUNCHED_PID="), "{stdout}");
+        assert_eq!(lines[2], "first", "{stdout}");
+    }
+}
+
+#[test]
 fn foreground_exits_with_the_daemons_code_or_128_plus_its_signal() {
     for (script, code) in [
         ("kill -INT $$", 130),
@@ -338,8 +355,8 @@ struct Foreground {
 }
 
 impl Foreground {
-    /// Start it and read up to the daemon's `ready` line. sd-launch's own lines and the
-    /// daemon's may interleave: both write to the same pipe.
+    /// Start it and read up to the daemon's `ready` line (sd-launch's own lines come first:
+    /// see `foreground_prints_its_lines_before_the_daemon_writes_anything`).
     fn start(args: &[&str], script: &str) -> Foreground {
         let mut all = vec!["--foreground"];
         all.extend_from_slice(args);
@@ -365,14 +382,9 @@ impl Foreground {
         }
     }
 
-    /// The daemon's next line, skipping any of sd-launch's own still in the pipe.
+    /// The daemon's next line.
     fn next_line(&mut self) -> String {
-        loop {
-            let line = self.lines.next().expect("daemon output ended").unwrap();
-            if !line.starts_with("LAUNCHED_") {
-                return line;
-            }
-        }
+        self.lines.next().expect("daemon output ended").unwrap()
     }
 
     fn signal(&self, sig: libc::c_int) {

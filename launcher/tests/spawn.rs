@@ -396,6 +396,40 @@ fn a_child_that_dies_at_once_is_reaped_on_drop() {
 }
 
 #[test]
+fn a_held_daemon_runs_only_when_released_and_a_dropped_one_never_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let marker = dir.path().join("ran");
+    let script = format!("touch {}", marker.display());
+    for release in [false, true] {
+        let held = Launch::new("sh")
+            .args(["-c", &script])
+            .spawn_held()
+            .unwrap();
+        let pid = held.pid();
+        // Held before exec: still our fork, not sh, and it has not run.
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        assert!(!marker.exists(), "ran before release");
+        if release {
+            let mut daemon = held.release().unwrap();
+            assert!(daemon.wait().unwrap().success());
+            assert!(marker.exists(), "did not run after release");
+        } else {
+            drop(held);
+            assert!(!marker.exists(), "a dropped held daemon ran");
+            assert_eq!(child_state(pid), None, "{pid} not reaped");
+        }
+    }
+}
+
+#[test]
+fn a_missing_program_is_reported_before_the_hold() {
+    let err = Launch::new("no-such-program-sd-launch-test")
+        .spawn_held()
+        .unwrap_err();
+    assert_eq!(err.exit_code(), 127, "{err}");
+}
+
+#[test]
 fn a_child_that_dies_at_once_reports_its_status() {
     let mut daemon = Launch::new("sh").args(["-c", "exit 3"]).spawn().unwrap();
     assert_eq!(daemon.wait().unwrap().code(), Some(3));

@@ -142,19 +142,22 @@ fn run(args: Args) -> Result<i32, Error> {
     } else {
         None
     };
-    let mut daemon = launch.spawn()?;
-    let text = output::render(args.format, &args.prefix, daemon.pid(), daemon.sockets());
+    // The daemon may share our stdout (always in the foreground): hold it before exec until
+    // our output is out, so a caller reading the pipe gets the port first.
+    let held = launch.spawn_held()?;
+    let text = output::render(args.format, &args.prefix, held.pid(), held.sockets());
     let mut stdout = std::io::stdout().lock();
     if let Err(e) = stdout
         .write_all(text.as_bytes())
         .and_then(|()| stdout.flush())
     {
-        // Nobody learns the port: a daemon left running would be an orphan.
-        let _ = daemon.kill();
-        eprintln!("sd-launch: cannot write the output ({e}); stopped the daemon");
+        // Nobody learns the port: the daemon, which never ran, is killed and reaped.
+        drop(held);
+        eprintln!("sd-launch: cannot write the output ({e}); the daemon was not started");
         return Ok(4);
     }
     drop(stdout);
+    let mut daemon = held.release()?;
     let Some(blocked) = blocked else {
         daemon.detach();
         return Ok(0);
