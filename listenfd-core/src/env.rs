@@ -225,8 +225,9 @@ impl Parsed {
 pub enum EnvError {
     /// A numeric variable is not a number (`EINVAL`).
     #[error(
-        "{var}={value:?} is not a number: expected a decimal (or 0x/0o/0b-prefixed) integer; \
-         fix the launcher that set it"
+        "{var}={} is not a number: expected a decimal (or 0x/0o/0b-prefixed) integer; \
+         fix the launcher that set it",
+        shown(value)
     )]
     NotANumber {
         /// Variable name.
@@ -235,7 +236,10 @@ pub enum EnvError {
         value: String,
     },
     /// A numeric variable is out of range: overflow, or a zero/negative pid (`ERANGE`).
-    #[error("{var}={value:?} is out of range: {why}; fix the launcher that set it")]
+    #[error(
+        "{var}={} is out of range: {why}; fix the launcher that set it",
+        shown(value)
+    )]
     OutOfRange {
         /// Variable name.
         var: &'static str,
@@ -245,7 +249,10 @@ pub enum EnvError {
         why: &'static str,
     },
     /// `LISTEN_FDS` (or lenient `LISTEN_FDS_FIRST_FD`) parsed but is not a usable count/fd (`EINVAL`).
-    #[error("{var}={value:?} is invalid: {why}; fix the launcher that set it")]
+    #[error(
+        "{var}={} is invalid: {why}; fix the launcher that set it",
+        shown(value)
+    )]
     Invalid {
         /// Variable name.
         var: &'static str,
@@ -255,7 +262,10 @@ pub enum EnvError {
         why: &'static str,
     },
     /// `LISTEN_FDNAMES` ends in a lone backslash (`EINVAL`).
-    #[error("LISTEN_FDNAMES={value:?} ends in a lone backslash: escape it as \\\\ or remove it")]
+    #[error(
+        "LISTEN_FDNAMES={} ends in a lone backslash: escape it as \\\\ or remove it",
+        shown(value)
+    )]
     TrailingBackslash {
         /// The value of `LISTEN_FDNAMES`.
         value: String,
@@ -273,6 +283,19 @@ pub enum EnvError {
         /// First announced fd (so the caller can still set `FD_CLOEXEC` on them, as libsystemd does).
         first_fd: RawFd,
     },
+}
+
+/// Values longer than this are cut in error messages, which stay one readable line.
+const SHOWN_MAX: usize = 64;
+
+/// A value for an error message: quoted like `{:?}`, cut after [`SHOWN_MAX`] characters
+/// with its full length in bytes, so a hostile 100 KB value gives a short message (the
+/// error's field still holds all of it).
+fn shown(value: &str) -> String {
+    match value.char_indices().nth(SHOWN_MAX) {
+        None => format!("{value:?}"),
+        Some((cut, _)) => format!("{:?}... ({} bytes)", &value[..cut], value.len()),
+    }
 }
 
 impl EnvError {

@@ -7,17 +7,17 @@
 //! Covers the spec rows that need a process: EBADF for a closed fd, FD_CLOEXEC on every
 //! passed fd, removal of the variables on success and error paths, plus the typed checks.
 
-use std::collections::HashMap;
 use std::io::Write;
 use std::net::{TcpListener, TcpStream, UdpSocket};
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::UnixListener;
-use std::os::unix::process::CommandExt;
 use std::process::Command;
 
 use listenfd_core::{ListenFds, Options, Which};
 
-const CHILD: &str = "LISTENFD_TEST_CHILD";
+mod child;
+
+use child::{CHILD, Child, fd_state};
 
 // ---------------------------------------------------------------------------------------------
 // Child side
@@ -122,120 +122,8 @@ fn report(key: &str, value: impl std::fmt::Display) {
     writeln!(out, "{key}={value}").unwrap();
 }
 
-fn fd_state(fd: RawFd) -> &'static str {
-    // SAFETY: F_GETFD only reads the flags of the fd number.
-    let flags = unsafe { libc::fcntl(fd, libc::F_GETFD) };
-    if flags < 0 {
-        "closed"
-    } else if flags & libc::FD_CLOEXEC != 0 {
-        "cloexec"
-    } else {
-        "inherit"
-    }
-}
-
 // ---------------------------------------------------------------------------------------------
 // Parent side
-
-struct Child {
-    /// fds to place in the child, at the given numbers.
-    fds: Vec<(RawFd, OwnedFd)>,
-    env: Vec<(&'static str, String)>,
-    /// Set LISTEN_PID to the child's pid.
-    with_pid: bool,
-    spec: &'static str,
-}
-
-impl Child {
-    fn new(spec: &'static str) -> Child {
-        Child {
-            fds: Vec::new(),
-            env: Vec::new(),
-            with_pid: true,
-            spec,
-        }
-    }
-    fn fd(mut self, target: RawFd, fd: impl Into<OwnedFd>) -> Self {
-        self.fds.push((target, fd.into()));
-        self
-    }
-    fn env(mut self, key: &'static str, value: impl ToString) -> Self {
-        self.env.push((key, value.to_string()));
-        self
-    }
-    fn without_pid(mut self) -> Self {
-        self.with_pid = false;
-        self
-    }
-
-    /// Run `program` (default: this test binary as the reporting child) with the fds in place.
-    fn output(self, program: Option<&std::path::Path>) -> std::process::Output {
-        let exe = match program {
-            Some(p) => p.to_owned(),
-            None => std::env::current_exe().unwrap(),
-        };
-        let mut cmd = if self.with_pid {
-            let mut c = Command::new("sh");
-            c.arg("-c").arg(r#"LISTEN_PID=$$ exec "$0""#).arg(&exe);
-            c
-        } else {
-            Command::new(&exe)
-        };
-        for var in listenfd_core::env::VARIABLES {
-            cmd.env_remove(var);
-        }
-        cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
-        cmd.env(CHILD, self.spec);
-        let plan: Vec<(RawFd, RawFd)> = self
-            .fds
-            .iter()
-            .map(|(t, fd)| (*t, fd.as_raw_fd()))
-            .collect();
-        assert!(plan.len() <= 8);
-        // SAFETY: the closure only calls async-signal-safe functions (fcntl, dup2, close) and
-        // reads `plan`, which was allocated before fork.
-        unsafe {
-            cmd.pre_exec(move || {
-                // Pass 1: move sources out of the way of the targets (high, close-on-exec copies).
-                let mut high = [-1; 8];
-                for (i, (_, src)) in plan.iter().enumerate() {
-                    high[i] = libc::fcntl(*src, libc::F_DUPFD_CLOEXEC, 200);
-                    if high[i] < 0 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                }
-                // Close every other fd above stderr, so a closed fd 4 really is closed.
-                for fd in 3..200 {
-                    libc::close(fd);
-                }
-                // Pass 2: dup2 onto the targets (which clears FD_CLOEXEC on them).
-                for (i, (target, _)) in plan.iter().enumerate() {
-                    if libc::dup2(high[i], *target) < 0 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                }
-                Ok(())
-            });
-        }
-        cmd.output().expect("spawn child")
-    }
-
-    fn run(self) -> HashMap<String, String> {
-        let out = self.output(None);
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(
-            out.status.success(),
-            "child failed: {}\n{stdout}\n{}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        );
-        stdout
-            .lines()
-            .filter_map(|l| l.split_once('='))
-            .map(|(k, v)| (k.to_owned(), v.to_owned()))
-            .collect()
-    }
-}
 
 fn tcp_listener() -> TcpListener {
     TcpListener::bind("127.0.0.1:0").unwrap()
@@ -600,33 +488,5 @@ fn main() {
             foreign_pidfd_id_means_not_for_us,
         ),
     ];
-    // Accept a name filter like libtest; ignore libtest flags.
-    let filter: Vec<String> = std::env::args()
-        .skip(1)
-        .filter(|a| !a.starts_with('-'))
-        .collect();
-    let mut failed = Vec::new();
-    let mut ran = 0;
-    for (name, test) in tests {
-        if !filter.is_empty() && !filter.iter().any(|f| name.contains(f.as_str())) {
-            continue;
-        }
-        ran += 1;
-        match std::panic::catch_unwind(test) {
-            Ok(()) => println!("test {name} ... ok"),
-            Err(_) => {
-                println!("test {name} ... FAILED");
-                failed.push(*name);
-            }
-        }
-    }
-    println!(
-        "\ntest result: {}. {} passed; {} failed",
-        if failed.is_empty() { "ok" } else { "FAILED" },
-        ran - failed.len(),
-        failed.len()
-    );
-    if !failed.is_empty() {
-        std::process::exit(1);
-    }
+    child::run_tests(tests);
 }
