@@ -42,6 +42,9 @@ connected stream socket (systemd Accept=yes, systemd-socket-activate -a) is serv
 connection, and the server exits when it is done. LISTEN_* are validated strictly, like
 libsystemd, unless --lenient.
 
+With NOTIFY_SOCKET set (systemd Type=notify, sd-launch --ready), it sends READY=1 once it
+serves and STOPPING=1 when it starts draining.
+
 SIGTERM or SIGINT: stop accepting, let in-flight requests finish (at most --drain-timeout
 seconds; connections still open then are dropped), exit 0.
 
@@ -88,6 +91,14 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // Likewise NOTIFY_SOCKET (sd_notify): READY=1 once serving, STOPPING=1 when draining.
+    let notifier = match listenfd_core::notify::Notifier::from_env() {
+        Ok(n) => n.map(std::sync::Arc::new),
+        Err(e) => {
+            eprintln!("demo-server: invalid NOTIFY_SOCKET: {e}");
+            return ExitCode::from(2);
+        }
+    };
     if let Some(why) = fds.not_for_us() {
         tracing::info!("no sockets passed ({why}); binding {}", args.listen);
     }
@@ -105,6 +116,7 @@ fn main() -> ExitCode {
     let config = serve::Config {
         fallback: args.listen,
         drain_timeout: Duration::from_secs(args.drain_timeout),
+        notifier,
     };
     let result = runtime.block_on(serve::run(fds, config));
     // Do not wait for stray tasks (e.g. a connection stuck after the drain timeout).

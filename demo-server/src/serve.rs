@@ -10,6 +10,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
+use listenfd_core::notify::{Notifier, State};
 use listenfd_core::{Family, FdKind, ListenFds, SocketType};
 use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 use tokio::signal::unix::{SignalKind, signal};
@@ -25,6 +26,9 @@ pub struct Config {
     pub fallback: SocketAddr,
     /// How long in-flight requests may run after SIGTERM/SIGINT.
     pub drain_timeout: Duration,
+    /// Where to send `READY=1` once serving and `STOPPING=1` when draining (sd_notify), if
+    /// `NOTIFY_SOCKET` was set.
+    pub notifier: Option<Arc<Notifier>>,
 }
 
 /// Why serving failed; each kind has its exit code.
@@ -89,6 +93,16 @@ enum Conn {
     Unix(UnixStream),
 }
 
+/// Tell the supervisor, if there is one; a failure is logged, not fatal (it may be gone).
+fn notify(config: &Config, state: State<'_>) {
+    if let Some(notifier) = &config.notifier {
+        match notifier.send(&[state]) {
+            Ok(()) => tracing::debug!("sent {state} to the supervisor"),
+            Err(e) => tracing::warn!("cannot send {state} to NOTIFY_SOCKET: {e}"),
+        }
+    }
+}
+
 /// Serve until SIGTERM/SIGINT (or, when only connections were passed, until they are done).
 pub async fn run(mut fds: ListenFds, config: Config) -> Result<(), Error> {
     let mut sigterm = signal(SignalKind::terminate()).map_err(Error::Signals)?;
@@ -130,6 +144,8 @@ pub async fn run(mut fds: ListenFds, config: Config) -> Result<(), Error> {
         ));
     }
 
+    notify(&config, State::Ready);
+
     // With no listener (Accept=yes style), the server is done when its connections are.
     let listening = !acceptors.is_empty();
     loop {
@@ -147,6 +163,7 @@ pub async fn run(mut fds: ListenFds, config: Config) -> Result<(), Error> {
         }
     }
 
+    notify(&config, State::Stopping);
     // Stop accepting: the listeners are closed with their tasks.
     acceptors.shutdown().await;
     drop(rx);

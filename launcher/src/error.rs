@@ -97,6 +97,30 @@ pub enum Error {
         /// The OS error.
         source: io::Error,
     },
+    /// The daemon exited when it should be running (before `READY=1`, say). Its stderr tail
+    /// is included when stderr goes to a regular file.
+    #[error("{program} exited{} ({status}){}", spaced(.when), tail_text(.stderr))]
+    Exited {
+        /// The program as given.
+        program: String,
+        /// How it ended.
+        status: std::process::ExitStatus,
+        /// When, e.g. "before it was ready (READY=1)"; may be empty.
+        when: &'static str,
+        /// The last lines of its stderr, if known.
+        stderr: Option<String>,
+    },
+    /// The daemon did not send `READY=1` in time (it is stopped).
+    #[error(
+        "{program} did not send READY=1 within {timeout:?} (does it support sd_notify? \
+         raise the timeout, or drop --ready)"
+    )]
+    ReadyTimeout {
+        /// The program as given.
+        program: String,
+        /// How long we waited.
+        timeout: std::time::Duration,
+    },
     /// Options that cannot be combined.
     #[error("{0}")]
     Conflict(&'static str),
@@ -112,6 +136,24 @@ pub enum Error {
     },
 }
 
+fn spaced(when: &str) -> String {
+    if when.is_empty() {
+        String::new()
+    } else {
+        format!(" {when}")
+    }
+}
+
+fn tail_text(stderr: &Option<String>) -> String {
+    match stderr {
+        Some(tail) => format!(
+            "; its stderr ended with:\n  | {}",
+            tail.replace('\n', "\n  | ")
+        ),
+        None => String::new(),
+    }
+}
+
 impl Error {
     /// The exit status `sd-launch` exits with for this error:
     ///
@@ -120,6 +162,8 @@ impl Error {
     /// | 2 | invalid command line: address, fd name, name count, NUL byte, conflicting options |
     /// | 3 | a socket could not be created, bound or listened on, or its path is taken |
     /// | 4 | the daemon could not be started (fork, chdir, stdio files) |
+    /// | 5 | the daemon exited before it was ready (`--ready`) |
+    /// | 6 | the daemon did not become ready in time (`--ready=TIMEOUT`) |
     /// | 126 | the program is not executable |
     /// | 127 | the program was not found |
     ///
@@ -136,6 +180,8 @@ impl Error {
             | Error::Conflict(_) => 2,
             Error::Socket { .. } | Error::PathInUse { .. } => 3,
             Error::Spawn { .. } | Error::Stdio { .. } => 4,
+            Error::Exited { .. } => 5,
+            Error::ReadyTimeout { .. } => 6,
             Error::NotExecutable { .. } => 126,
             Error::NotFound { .. } => 127,
         }

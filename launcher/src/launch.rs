@@ -6,9 +6,11 @@ use std::ffi::{OsStr, OsString};
 use std::fs::File;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use crate::error::Error;
 use crate::launched::{Launched, LaunchedSocket};
+use crate::ready::{NOTIFY_SOCKET, NotifySocket};
 use crate::socket::{self, CreatedPath, DEFAULT_BACKLOG, DEFAULT_UNIX_MODE};
 use crate::spawn::{self, Gate, Plan};
 use crate::spec::{Address, SocketSpec};
@@ -117,6 +119,7 @@ pub struct Launch {
     kill_on_drop: bool,
     parent_death_signal: Option<i32>,
     inetd: Option<OwnedFd>,
+    ready: Option<Duration>,
 }
 
 impl Launch {
@@ -141,6 +144,7 @@ impl Launch {
             kill_on_drop: true,
             parent_death_signal: None,
             inetd: None,
+            ready: None,
         }
     }
 
@@ -402,6 +406,37 @@ impl Launch {
         self
     }
 
+    /// Wait until the daemon says it is ready, `sd_notify(READY=1)`, before
+    /// [`spawn`](Launch::spawn) returns (or [`Held::release`], for a held launch): the daemon
+    /// gets a private `NOTIFY_SOCKET` (a Unix datagram socket in a new 0700 directory), and
+    /// only messages from the daemon or its descendants count, checked by the kernel's
+    /// `SO_PASSCRED` credentials. When the daemon exits first or `timeout` passes, it is
+    /// killed and reaped, and the error says which ([`Error::Exited`] with the status and
+    /// stderr tail, or [`Error::ReadyTimeout`]).
+    ///
+    /// Without it, nothing needs waiting for: connections queue in the socket's backlog
+    /// until the daemon accepts. Use it when "accepting" is not "ready" (a daemon that
+    /// loads data before it answers, or a test that wants start-up errors as errors).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// // A "daemon" that prepares, then notifies (systemd-notify is the shell's sd_notify;
+    /// // here a tiny Rust or socat sender would do the same).
+    /// let err = sd_launch::Launch::new("sh")
+    ///     .args(["-c", "echo cannot load config >&2; exit 1"])
+    ///     .stderr(tempfile::tempfile()?)
+    ///     .ready(Duration::from_secs(5))
+    ///     .spawn()
+    ///     .unwrap_err();
+    /// assert_eq!(err.exit_code(), 5);
+    /// assert!(err.to_string().contains("cannot load config"), "{err}");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn ready(mut self, timeout: Duration) -> Launch {
+        self.ready = Some(timeout);
+        self
+    }
+
     /// Create the sockets and start the daemon. Returns once the program has been executed
     /// (its `execve` succeeded); nothing has been printed, and on error nothing is left
     /// running or created.
@@ -411,7 +446,9 @@ impl Launch {
     /// assert_eq!(err.exit_code(), 127);
     /// ```
     pub fn spawn(self) -> Result<Launched, Error> {
-        self.start(false).map(|(launched, _)| launched)
+        let ready = self.ready;
+        let (launched, _) = self.start(false)?;
+        wait_ready(launched, ready)
     }
 
     /// Like [`spawn`](Launch::spawn), but the daemon is held just before `execve` until
@@ -428,14 +465,23 @@ impl Launch {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn spawn_held(self) -> Result<Held, Error> {
+        let ready = self.ready;
         let (launched, gate) = self.start(true)?;
         Ok(Held {
             launched: Some(launched),
             gate: Some(gate.expect("a gated spawn returns its gate")),
+            ready,
         })
     }
 
     fn start(self, gate: bool) -> Result<(Launched, Option<Gate>), Error> {
+        let mut prepared = self.prepare()?;
+        let (pid, gate) = prepared.spawn_child(gate)?;
+        Ok((prepared.into_launched(pid), gate))
+    }
+
+    /// Bind the sockets and build the spawn plan; nothing runs yet.
+    pub(crate) fn prepare(self) -> Result<Prepared, Error> {
         let Launch {
             program,
             args,
@@ -450,6 +496,7 @@ impl Launch {
             kill_on_drop,
             parent_death_signal,
             inetd,
+            ready,
         } = self;
         let mut stdio = stdio;
         if let Some(conn) = inetd {
@@ -507,10 +554,27 @@ impl Launch {
         if let Some(names) = names {
             vars.push(("LISTEN_FDNAMES".into(), names.into()));
         }
+        let notify = match ready {
+            Some(_) => {
+                let socket = NotifySocket::new().map_err(|source| Error::Spawn {
+                    program: program.to_string_lossy().into_owned(),
+                    step: "creating the notification socket",
+                    source,
+                })?;
+                vars.retain(|(k, _)| k != NOTIFY_SOCKET);
+                vars.push((NOTIFY_SOCKET.into(), socket.path().into()));
+                Some(socket)
+            }
+            None => None,
+        };
 
         let with_pid = with_pid && announce;
         let mut plan = Plan::new(&program, &args, &vars, with_pid, cwd.as_deref())?;
         let null = open_null_if_needed(&stdio)?;
+        let stderr_copy = match &stdio[2].0 {
+            StdioKind::Fd(fd) => regular_file_copy(fd),
+            _ => None,
+        };
         for (i, s) in stdio.iter().enumerate() {
             plan.stdio[i] = match &s.0 {
                 StdioKind::Inherit => None,
@@ -520,10 +584,6 @@ impl Launch {
         }
         plan.sockets = fds.iter().map(AsRawFd::as_raw_fd).collect();
         plan.parent_death_signal = parent_death_signal;
-        plan.gate = gate;
-
-        let (pid, gate) = spawn::spawn(&mut plan)?;
-        drop(fds); // the daemon has its own copies now
         let sockets = described
             .into_iter()
             .enumerate()
@@ -534,7 +594,74 @@ impl Launch {
                 address,
             })
             .collect();
-        Ok((Launched::new(pid, sockets, created, kill_on_drop), gate))
+        Ok(Prepared {
+            program: program.to_string_lossy().into_owned(),
+            plan,
+            _fds: fds,
+            _stdio: stdio,
+            _null: null,
+            stderr_copy,
+            sockets,
+            created,
+            kill_on_drop,
+            notify,
+            ready,
+        })
+    }
+}
+
+/// A launch with its sockets bound and its plan built: it can start the daemon, and start it
+/// again (a restart keeps the same sockets).
+#[derive(Debug)]
+pub(crate) struct Prepared {
+    pub(crate) program: String,
+    plan: Plan,
+    /// Our copies of the sockets (`plan.sockets` points into them), passed to every child.
+    _fds: Vec<OwnedFd>,
+    // The fds in `plan.stdio` point into these two: they live as long as the plan.
+    _stdio: [Stdio; 3],
+    _null: Option<OwnedFd>,
+    stderr_copy: Option<File>,
+    pub(crate) sockets: Vec<LaunchedSocket>,
+    created: Vec<CreatedPath>,
+    kill_on_drop: bool,
+    pub(crate) notify: Option<NotifySocket>,
+    pub(crate) ready: Option<Duration>,
+}
+
+impl Prepared {
+    /// Start one child with the sockets (held before exec if `gate`).
+    pub(crate) fn spawn_child(&mut self, gate: bool) -> Result<(libc::pid_t, Option<Gate>), Error> {
+        self.plan.gate = gate;
+        spawn::spawn(&mut self.plan)
+    }
+
+    /// A handle for a child of this plan that shares its sockets with later children: no
+    /// socket files, no notification socket of its own (they stay with the plan).
+    pub(crate) fn child(&self, pid: libc::pid_t) -> Launched {
+        let stderr = self.stderr_copy.as_ref().and_then(|f| f.try_clone().ok());
+        Launched::new(
+            self.program.clone(),
+            pid,
+            self.sockets.clone(),
+            Vec::new(),
+            true,
+        )
+        .with_stderr(stderr)
+    }
+
+    /// The handle of the one child of this plan: it takes the socket files and the
+    /// notification socket; our socket copies are closed (the daemon has its own).
+    pub(crate) fn into_launched(self, pid: libc::pid_t) -> Launched {
+        Launched::new(
+            self.program,
+            pid,
+            self.sockets,
+            self.created,
+            self.kill_on_drop,
+        )
+        .with_stderr(self.stderr_copy)
+        .with_notify(self.notify)
     }
 }
 
@@ -553,6 +680,7 @@ pub struct Held {
     // Both are `Some` until `release` or `drop` takes them.
     launched: Option<Launched>,
     gate: Option<Gate>,
+    ready: Option<Duration>,
 }
 
 impl Held {
@@ -599,13 +727,43 @@ impl Held {
             .take()
             .expect("held until released or dropped");
         match gate.release() {
-            Ok(()) => Ok(launched),
+            Ok(()) => wait_ready(launched, self.ready),
             Err(e) => {
                 let _ = launched.wait();
                 Err(e)
             }
         }
     }
+}
+
+/// With a readiness timeout, wait for `READY=1`; on failure the daemon is killed and reaped.
+fn wait_ready(mut launched: Launched, timeout: Option<Duration>) -> Result<Launched, Error> {
+    let (Some(timeout), Some(notify)) = (timeout, launched.take_notify()) else {
+        return Ok(launched);
+    };
+    let result = notify.wait_ready(&mut launched, timeout);
+    let launched = launched.with_notify(Some(notify));
+    match result {
+        Ok(()) => Ok(launched),
+        Err(e) => {
+            let mut launched = launched;
+            let _ = launched.kill();
+            Err(e)
+        }
+    }
+}
+
+/// A readable handle on `fd` if it is a regular file (to read the daemon's stderr tail
+/// from): the file reopened for reading through /proc (an output file is usually opened
+/// write-only), else a copy of the fd.
+fn regular_file_copy(fd: &OwnedFd) -> Option<File> {
+    let file = File::from(fd.try_clone().ok()?);
+    if !file.metadata().ok()?.is_file() {
+        return None;
+    }
+    File::open(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+        .ok()
+        .or(Some(file))
 }
 
 impl Drop for Held {

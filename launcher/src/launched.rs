@@ -1,5 +1,6 @@
 //! [`Launched`]: the handle of a running daemon. Kills and reaps it when dropped.
 
+use std::fs::File;
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -7,6 +8,8 @@ use std::os::unix::process::ExitStatusExt;
 use std::process::ExitStatus;
 use std::time::{Duration, Instant};
 
+use crate::error::Error;
+use crate::ready::{self, NotifySocket};
 use crate::socket::CreatedPath;
 use crate::spec::Address;
 
@@ -47,28 +50,116 @@ pub struct LaunchedSocket {
 /// ```
 #[derive(Debug)]
 pub struct Launched {
+    program: String,
     pid: libc::pid_t,
     pidfd: Option<OwnedFd>,
     sockets: Vec<LaunchedSocket>,
     created: Vec<CreatedPath>,
     status: Option<ExitStatus>,
     kill_on_drop: bool,
+    /// Our copy of the daemon's stderr when it goes to a regular file, for error messages.
+    stderr: Option<File>,
+    /// The private `NOTIFY_SOCKET`, kept open while the daemon may still notify.
+    notify: Option<NotifySocket>,
 }
 
 impl Launched {
     pub(crate) fn new(
+        program: String,
         pid: libc::pid_t,
         sockets: Vec<LaunchedSocket>,
         created: Vec<CreatedPath>,
         kill_on_drop: bool,
     ) -> Launched {
         Launched {
+            program,
             pid,
             pidfd: pidfd_open(pid),
             sockets,
             created,
             status: None,
             kill_on_drop,
+            stderr: None,
+            notify: None,
+        }
+    }
+
+    pub(crate) fn with_stderr(mut self, stderr: Option<File>) -> Launched {
+        self.stderr = stderr;
+        self
+    }
+
+    pub(crate) fn with_notify(mut self, notify: Option<NotifySocket>) -> Launched {
+        self.notify = notify;
+        self
+    }
+
+    pub(crate) fn take_notify(&mut self) -> Option<NotifySocket> {
+        self.notify.take()
+    }
+
+    /// The program as given to [`Launch::new`](crate::Launch::new).
+    ///
+    /// ```
+    /// let server = sd_launch::Launch::new("sleep").arg("5").spawn()?;
+    /// assert_eq!(server.program(), "sleep");
+    /// # Ok::<(), sd_launch::Error>(())
+    /// ```
+    pub fn program(&self) -> &str {
+        &self.program
+    }
+
+    /// The raw pidfd, for `poll` (readable once the daemon exits), if the kernel has them.
+    pub(crate) fn pidfd(&self) -> Option<RawFd> {
+        self.pidfd.as_ref().map(AsRawFd::as_raw_fd)
+    }
+
+    /// The last lines the daemon wrote to its stderr, when that is a regular file
+    /// ([`Launch::stderr`](crate::Launch::stderr) with a `File`); `None` otherwise.
+    ///
+    /// ```
+    /// let log = tempfile::tempfile()?;
+    /// let mut server = sd_launch::Launch::new("sh")
+    ///     .args(["-c", "echo starting >&2; echo no config found >&2; exit 1"])
+    ///     .stderr(log)
+    ///     .spawn()?;
+    /// server.wait()?;
+    /// assert_eq!(server.stderr_tail().as_deref(), Some("starting\nno config found"));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn stderr_tail(&self) -> Option<String> {
+        self.stderr.as_ref().and_then(ready::tail)
+    }
+
+    /// `Ok` while the daemon runs; once it has exited, an [`Error::Exited`] with its status
+    /// and [stderr tail](Launched::stderr_tail). Call it when a connection fails, to tell
+    /// "the daemon died" from "the daemon misbehaves".
+    ///
+    /// ```
+    /// let mut server = sd_launch::Launch::new("sh").args(["-c", "exit 3"]).spawn()?;
+    /// server.wait()?;
+    /// let err = server.ensure_running().unwrap_err();
+    /// assert!(err.to_string().contains("exit status: 3"), "{err}");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn ensure_running(&mut self) -> Result<(), Error> {
+        match self.try_wait() {
+            Ok(None) => Ok(()),
+            Ok(Some(status)) => Err(self.exited(status, "")),
+            Err(source) => Err(Error::Spawn {
+                program: self.program.clone(),
+                step: "checking the daemon (waitpid)",
+                source,
+            }),
+        }
+    }
+
+    pub(crate) fn exited(&self, status: ExitStatus, when: &'static str) -> Error {
+        Error::Exited {
+            program: self.program.clone(),
+            status,
+            when,
+            stderr: self.stderr_tail(),
         }
     }
 

@@ -24,13 +24,17 @@
 //! * `launch`: the [`Launch`] builder;
 //! * `spawn`: fork, fds into place, `LISTEN_PID`, execve;
 //! * `launched`: the [`Launched`] handle (signals, wait, kill and reap on drop);
-//! * [`supervise`]: foreground mode of the command (signal forwarding);
+//! * [`supervise`]: foreground mode of the command (signal forwarding, stop timeout);
+//! * [`service`]: a daemon whose sockets outlive it, restarted without refusing a connection;
+//! * `ready`: the private `NOTIFY_SOCKET` and the wait for `READY=1`;
 //! * [`output`]: the `env` and `json` formats the command prints.
 
 mod error;
 mod launch;
 mod launched;
 pub mod output;
+mod ready;
+pub mod service;
 pub mod socket;
 mod spawn;
 pub mod spec;

@@ -9,7 +9,7 @@
 
 use std::io;
 use std::process::ExitStatus;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::launched::Launched;
 
@@ -77,27 +77,90 @@ impl BlockedSignals {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn supervise(&self, daemon: &mut Launched) -> io::Result<ExitStatus> {
-        let timeout = libc::timespec {
-            tv_sec: 0,
-            tv_nsec: Duration::from_millis(500).as_nanos() as libc::c_long,
-        };
+        self.supervise_with(daemon, DEFAULT_STOP_TIMEOUT)
+    }
+
+    /// Like [`supervise`](BlockedSignals::supervise), but a daemon that has not exited
+    /// `stop_timeout` after a forwarded SIGTERM, SIGINT or SIGQUIT gets SIGKILL (systemd's
+    /// `TimeoutStopSec=`; `sd-launch --stop-timeout`).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let blocked = sd_launch::supervise::block_signals()?;
+    /// let mut daemon = sd_launch::Launch::new("true").spawn()?;
+    /// let status = blocked.supervise_with(&mut daemon, Duration::from_secs(1))?;
+    /// assert!(status.success());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn supervise_with(
+        &self,
+        daemon: &mut Launched,
+        stop_timeout: Duration,
+    ) -> io::Result<ExitStatus> {
+        let mut kill_at: Option<Instant> = None;
         loop {
             if let Some(status) = daemon.try_wait()? {
                 return Ok(status);
             }
-            // SAFETY: siginfo_t is plain data that sigtimedwait fills in.
-            let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
-            // SAFETY: sigtimedwait reads our set and timeout and writes `info`.
-            let sig = unsafe { libc::sigtimedwait(&self.set, &mut info, &timeout) };
-            if FORWARDED.contains(&sig) {
-                match daemon.signal(sig) {
-                    Ok(()) => {}
-                    Err(e) if e.raw_os_error() == Some(libc::ESRCH) => {}
-                    Err(e) => return Err(e),
+            if kill_at.is_some_and(|t| Instant::now() >= t) {
+                eprintln!(
+                    "sd-launch: {} (pid {}) still running {stop_timeout:?} after the stop \
+                     signal: sending SIGKILL",
+                    daemon.program(),
+                    daemon.pid()
+                );
+                return daemon.kill();
+            }
+            let wait = kill_at.map_or(TICK, |t| {
+                t.saturating_duration_since(Instant::now()).min(TICK)
+            });
+            if let Some(sig) = self.next_signal(wait) {
+                if FORWARDED.contains(&sig) {
+                    forward(daemon, sig)?;
+                    if STOPPING.contains(&sig) && kill_at.is_none() {
+                        kill_at = Some(Instant::now() + stop_timeout);
+                    }
                 }
             }
-            // SIGCHLD, a timeout (EAGAIN) or EINTR: look at the daemon again.
+            // SIGCHLD, a timeout or EINTR: look at the daemon again.
         }
+    }
+
+    /// The next blocked signal, or `None` after `timeout` (or on EINTR).
+    pub(crate) fn next_signal(&self, timeout: Duration) -> Option<i32> {
+        let timeout = libc::timespec {
+            tv_sec: timeout.as_secs() as libc::time_t,
+            tv_nsec: timeout.subsec_nanos() as libc::c_long,
+        };
+        // SAFETY: siginfo_t is plain data that sigtimedwait fills in.
+        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+        // SAFETY: sigtimedwait reads our set and timeout and writes `info`.
+        let sig = unsafe { libc::sigtimedwait(&self.set, &mut info, &timeout) };
+        (sig > 0).then_some(sig)
+    }
+}
+
+/// How often the supervisor looks at its children when no signal comes.
+const TICK: Duration = Duration::from_millis(500);
+
+/// The forwarded signals after which a daemon is expected to exit.
+pub(crate) const STOPPING: [i32; 3] = [libc::SIGTERM, libc::SIGINT, libc::SIGQUIT];
+
+/// How long a daemon may take to exit after a stop signal before it gets SIGKILL, unless
+/// told otherwise (systemd's default `TimeoutStopSec=` is 90 s; a test or a terminal user
+/// wants less).
+///
+/// ```
+/// assert_eq!(sd_launch::supervise::DEFAULT_STOP_TIMEOUT.as_secs(), 10);
+/// ```
+pub const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Send `sig` to `daemon`; a daemon that has just exited (ESRCH) is not an error.
+pub(crate) fn forward(daemon: &Launched, sig: i32) -> io::Result<()> {
+    match daemon.signal(sig) {
+        Ok(()) => Ok(()),
+        Err(e) if e.raw_os_error() == Some(libc::ESRCH) => Ok(()),
+        Err(e) => Err(e),
     }
 }
 
@@ -123,3 +186,4 @@ pub fn exit_code(status: ExitStatus) -> i32 {
         .or_else(|| status.signal().map(|s| 128 + s))
         .unwrap_or(1)
 }
+

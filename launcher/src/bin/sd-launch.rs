@@ -6,10 +6,12 @@ use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::Parser;
 use sd_launch::output::{self, Format};
-use sd_launch::{Error, Launch, SocketSpec, Stdio, Transport, supervise};
+use sd_launch::service::{self, Restart};
+use sd_launch::{Error, Launch, LaunchedSocket, SocketSpec, Stdio, Transport, supervise};
 
 const AFTER_HELP: &str = "\
 Examples:
@@ -104,6 +106,38 @@ struct Args {
     #[arg(long, visible_alias = "wait")]
     foreground: bool,
 
+    /// Wait until the daemon sends READY=1 (sd_notify, through a private NOTIFY_SOCKET)
+    /// before printing the output; fail (exit 5) if it exits first, or (exit 6) after
+    /// TIMEOUT seconds (default 30). The daemon's own output may then come before ours.
+    #[arg(
+        long,
+        value_name = "TIMEOUT",
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "30",
+        value_parser = parse_seconds
+    )]
+    ready: Option<Duration>,
+
+    /// Keep the sockets open and restart the daemon on SIGHUP: the new one starts (and,
+    /// with --ready, is ready) before the old one gets SIGTERM, so no connection is refused.
+    /// on-exit also restarts a daemon that exits by itself, with a backoff (100 ms to 10 s).
+    /// Implies --foreground.
+    #[arg(
+        long,
+        value_name = "POLICY",
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "on-hup",
+        value_parser = ["on-hup", "on-exit"]
+    )]
+    restart: Option<String>,
+
+    /// With --foreground: seconds a daemon may take to exit after SIGTERM, SIGINT or SIGQUIT
+    /// (and an old daemon to drain after a restart) before it gets SIGKILL.
+    #[arg(long, value_name = "SECS", default_value = "10", value_parser = parse_seconds)]
+    stop_timeout: Duration,
+
     /// The daemon and its arguments.
     #[arg(
         required = true,
@@ -111,6 +145,14 @@ struct Args {
         value_name = "PROGRAM [ARGS]..."
     )]
     command: Vec<OsString>,
+}
+
+fn parse_seconds(s: &str) -> Result<Duration, String> {
+    s.parse::<f64>()
+        .ok()
+        .filter(|secs| secs.is_finite() && *secs >= 0.0 && *secs <= 1e9)
+        .map(Duration::from_secs_f64)
+        .ok_or_else(|| format!("{s:?} is not a number of seconds such as 5 or 0.5"))
 }
 
 fn parse_mode(s: &str) -> Result<u32, String> {
@@ -133,7 +175,8 @@ fn main() -> ExitCode {
 
 fn run(args: Args) -> Result<i32, Error> {
     let launch = build(&args)?;
-    let blocked = if args.foreground {
+    let foreground = args.foreground || args.restart.is_some();
+    let blocked = if foreground {
         Some(supervise::block_signals().map_err(|source| Error::Spawn {
             program: "sd-launch".into(),
             step: "blocking signals",
@@ -142,32 +185,89 @@ fn run(args: Args) -> Result<i32, Error> {
     } else {
         None
     };
-    // The daemon may share our stdout (always in the foreground): hold it before exec until
-    // our output is out, so a caller reading the pipe gets the port first.
-    let held = launch.spawn_held()?;
-    let text = output::render(args.format, &args.prefix, held.pid(), held.sockets());
-    let mut stdout = std::io::stdout().lock();
-    if let Err(e) = stdout
-        .write_all(text.as_bytes())
-        .and_then(|()| stdout.flush())
-    {
-        // Nobody learns the port: the daemon, which never ran, is killed and reaped.
-        drop(held);
-        eprintln!("sd-launch: cannot write the output ({e}); the daemon was not started");
-        return Ok(4);
+    let print = |pid: u32, sockets: &[LaunchedSocket]| {
+        let text = output::render(args.format, &args.prefix, pid, sockets);
+        let mut stdout = std::io::stdout().lock();
+        stdout
+            .write_all(text.as_bytes())
+            .and_then(|()| stdout.flush())
+    };
+    let write_failed = |e: std::io::Error, started: bool| {
+        let what = if started {
+            "stopped the daemon"
+        } else {
+            "the daemon was not started"
+        };
+        eprintln!("sd-launch: cannot write the output ({e}); {what}");
+        Ok(4)
+    };
+
+    if let Some(policy) = &args.restart {
+        let policy: Restart = policy.parse().expect("clap checked the value");
+        let blocked = blocked.expect("--restart implies --foreground");
+        let mut service = launch.service()?;
+        let printed = if args.ready.is_some() {
+            // Ready first, then print: the daemon may have written already.
+            let pid = service.start()?;
+            print(pid, service.sockets())
+        } else {
+            // Print while the daemon is held before exec: our lines come first.
+            let mut unwritten = None;
+            let started = service.start_with(|pid, sockets| {
+                print(pid, sockets).inspect_err(|e| unwritten = Some(e.to_string()))
+            });
+            match (started, unwritten) {
+                (Ok(_), _) => Ok(()),
+                (Err(_), Some(e)) => Err(std::io::Error::other(e)),
+                (Err(e), None) => return Err(e),
+            }
+        };
+        if let Err(e) = printed {
+            return write_failed(e, args.ready.is_some());
+        }
+        return Ok(supervise_exit(service::supervise(
+            &blocked,
+            &mut service,
+            policy,
+            args.stop_timeout,
+        )));
     }
-    drop(stdout);
-    let mut daemon = held.release()?;
+
+    let mut daemon = if args.ready.is_some() {
+        // Ready first, then print: the daemon may have written already.
+        let mut daemon = launch.spawn()?;
+        if let Err(e) = print(daemon.pid(), daemon.sockets()) {
+            let _ = daemon.kill();
+            return write_failed(e, true);
+        }
+        daemon
+    } else {
+        // The daemon may share our stdout (always in the foreground): hold it before exec
+        // until our output is out, so a caller reading the pipe gets the port first.
+        let held = launch.spawn_held()?;
+        if let Err(e) = print(held.pid(), held.sockets()) {
+            drop(held); // never ran; reaped
+            return write_failed(e, false);
+        }
+        held.release()?
+    };
     let Some(blocked) = blocked else {
         daemon.detach();
         return Ok(0);
     };
-    match blocked.supervise(&mut daemon) {
-        Ok(status) => Ok(supervise::exit_code(status)),
+    Ok(supervise_exit(
+        blocked.supervise_with(&mut daemon, args.stop_timeout),
+    ))
+}
+
+/// The exit code of a supervising sd-launch: the daemon's, or 4 when supervising failed (the
+/// daemons are killed when their handles drop).
+fn supervise_exit(result: std::io::Result<std::process::ExitStatus>) -> i32 {
+    match result {
+        Ok(status) => supervise::exit_code(status),
         Err(e) => {
             eprintln!("sd-launch: supervising the daemon failed ({e}); killing it");
-            let _ = daemon.kill();
-            Ok(4)
+            4
         }
     }
 }
@@ -225,17 +325,21 @@ fn build(args: &Args) -> Result<Launch, Error> {
         }
     }
     launch = stdio(launch, args)?;
-    if args.foreground {
+    if args.foreground || args.restart.is_some() {
         launch = launch.parent_death_signal(libc::SIGKILL);
     } else {
         launch = launch.kill_on_drop(true);
+    }
+    if let Some(timeout) = args.ready {
+        launch = launch.ready(timeout);
     }
     Ok(launch)
 }
 
 fn stdio(mut launch: Launch, args: &Args) -> Result<Launch, Error> {
     let default = |fg: bool| if fg { Stdio::inherit() } else { Stdio::null() };
-    launch = launch.stdin(default(args.foreground));
+    let foreground = args.foreground || args.restart.is_some();
+    launch = launch.stdin(default(foreground));
     if let Some(path) = &args.outfile {
         let file = open_out(path, "stdout and stderr")?;
         let copy = file.try_clone().map_err(|source| Error::Stdio {
@@ -247,11 +351,11 @@ fn stdio(mut launch: Launch, args: &Args) -> Result<Launch, Error> {
     }
     launch = match &args.stdout {
         Some(p) => launch.stdout(open_out(p, "stdout")?),
-        None => launch.stdout(default(args.foreground)),
+        None => launch.stdout(default(foreground)),
     };
     launch = match &args.stderr {
         Some(p) => launch.stderr(open_out(p, "stderr")?),
-        None => launch.stderr(default(args.foreground)),
+        None => launch.stderr(default(foreground)),
     };
     Ok(launch)
 }
