@@ -319,10 +319,62 @@ mod tests {
         );
     }
 
+    /// Any address `Display` can print: IPv4/IPv6 (with scope ids), Unix paths with any
+    /// characters but NUL, abstract names with any characters.
+    fn any_address() -> impl proptest::strategy::Strategy<Value = Address> {
+        use proptest::prelude::*;
+        prop_oneof![
+            any::<(std::net::Ipv4Addr, u16)>()
+                .prop_map(|(ip, port)| Address::Inet(SocketAddr::from((ip, port)))),
+            any::<(std::net::Ipv6Addr, u16, u32)>().prop_map(|(ip, port, scope)| {
+                Address::Inet(SocketAddr::V6(std::net::SocketAddrV6::new(
+                    ip, port, 0, scope,
+                )))
+            }),
+            "(/|\\./|\\.\\./)[^\\x00]{0,40}".prop_map(|p| Address::Unix(p.into())),
+            "[^\\x00]{1,40}".prop_map(|n| Address::Abstract(n.into_bytes())),
+        ]
+    }
+
     proptest::proptest! {
         #[test]
         fn never_panics(s in ".{0,64}") {
             let _ = s.parse::<SocketSpec>();
+        }
+
+        /// Arbitrary Unicode, control characters and address-like noise: an address or an
+        /// error with exit code 2 and a one-line message naming the input, never a panic.
+        #[test]
+        fn arbitrary_input_is_an_address_or_a_one_line_usage_error(
+            s in proptest::prop_oneof![
+                proptest::arbitrary::any::<String>(),
+                "[0-9a-fA-F:.\\[\\]@/%x -]{0,48}",
+                "[\\x00-\\x1f\\x7f:0-9]{0,16}",
+            ]
+        ) {
+            match s.parse::<SocketSpec>() {
+                Ok(spec) => {
+                    // Whatever was accepted prints as something that parses to itself.
+                    let again: SocketSpec = spec.address.to_string().parse().unwrap();
+                    proptest::prop_assert_eq!(again.address, spec.address);
+                }
+                Err(e) => {
+                    proptest::prop_assert_eq!(e.exit_code(), 2);
+                    let msg = e.to_string();
+                    proptest::prop_assert!(!msg.contains('\n'), "{}", msg);
+                    proptest::prop_assert!(msg.starts_with("invalid listen address"), "{}", msg);
+                }
+            }
+        }
+
+        /// `Display` then `FromStr` is the identity on addresses.
+        #[test]
+        fn display_parse_round_trip(address in any_address()) {
+            let printed = address.to_string();
+            let parsed: SocketSpec = printed.parse().map_err(|e| {
+                proptest::test_runner::TestCaseError::fail(format!("{printed:?}: {e}"))
+            })?;
+            proptest::prop_assert_eq!(parsed.address, address);
         }
 
         #[test]
