@@ -27,8 +27,10 @@
 //! * [`supervise`]: foreground mode of the command (signal forwarding, stop timeout);
 //! * [`service`]: a daemon whose sockets outlive it, restarted without refusing a connection;
 //! * `ready`: the private `NOTIFY_SOCKET` and the wait for `READY=1`;
+//! * [`accept`]: accept mode, one daemon per connection (`Accept=yes`, inetd style);
 //! * [`output`]: the `env` and `json` formats the command prints.
 
+pub mod accept;
 mod error;
 mod launch;
 mod launched;

@@ -187,3 +187,53 @@ pub fn exit_code(status: ExitStatus) -> i32 {
         .unwrap_or(1)
 }
 
+// ---------------------------------------------------------------------------------------------
+// Accept mode (crate::accept): collecting the blocked signals without waiting, and a pollable
+// fd that says one is pending, so one `poll` can wait for connections and signals together.
+// ---------------------------------------------------------------------------------------------
+
+impl BlockedSignals {
+    /// Take one pending blocked signal without waiting: `Ok(None)` when none is pending.
+    pub(crate) fn take_pending(&self) -> io::Result<Option<i32>> {
+        let zero = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        loop {
+            // SAFETY: siginfo_t is plain data that sigtimedwait fills in.
+            let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+            // SAFETY: sigtimedwait reads our set and timeout and writes `info`.
+            let sig = unsafe { libc::sigtimedwait(&self.set, &mut info, &zero) };
+            if sig > 0 {
+                return Ok(Some(sig));
+            }
+            let err = io::Error::last_os_error();
+            match err.raw_os_error() {
+                Some(libc::EAGAIN) => return Ok(None),
+                Some(libc::EINTR) => continue,
+                _ => return Err(err),
+            }
+        }
+    }
+
+    /// Linux: a `signalfd` for the blocked signals. It becomes readable while one of them is
+    /// pending; it is only a wake-up source, the signals are collected with
+    /// [`take_pending`](BlockedSignals::take_pending). `None` on other systems, where the
+    /// caller polls with a timeout instead.
+    pub(crate) fn pending_fd(&self) -> io::Result<Option<std::os::fd::OwnedFd>> {
+        #[cfg(any(target_os = "linux", target_os = "android"))]
+        {
+            use std::os::fd::FromRawFd;
+            // SAFETY: signalfd with -1 creates a new fd for our set; flags are valid.
+            let fd =
+                unsafe { libc::signalfd(-1, &self.set, libc::SFD_CLOEXEC | libc::SFD_NONBLOCK) };
+            if fd < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            // SAFETY: signalfd returned a new fd that nobody else owns.
+            Ok(Some(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) }))
+        }
+        #[cfg(not(any(target_os = "linux", target_os = "android")))]
+        Ok(None)
+    }
+}

@@ -26,6 +26,13 @@ Examples:
   A quick curl demo:
     eval \"$(sd-launch --outfile server.log -- demo-server)\" && curl -s localhost:$LAUNCHED_PORT/
 
+  Accept mode, one daemon per connection (systemd Accept=yes; runs in the foreground,
+  LAUNCHED_PID is sd-launch's own pid, SIGINT/SIGTERM stop it and its daemons, exit 0):
+    sd-launch --accept -l 8080 -- my-daemon            # connection at fd 3, LISTEN_FDS=1,
+                                                       # LISTEN_FDNAMES=connection
+    sd-launch --accept --inetd -l 7000 -- cat          # inetd: connection on stdin/stdout
+    sd-launch --accept --max-connections 4 -l ./app.sock --fdname api -- my-daemon
+
 Output (env format): LAUNCHED_PORT=<first TCP port>, LAUNCHED_PID=<pid>; with several
 sockets or a non-TCP one also LAUNCHED_PORT_<i>, LAUNCHED_ADDR_<i>, LAUNCHED_PATH_<i>
 (i = 0 for fd 3). --format json prints one object with pid and every socket's fd, name,
@@ -138,6 +145,34 @@ struct Args {
     #[arg(long, value_name = "SECS", default_value = "10", value_parser = parse_seconds)]
     stop_timeout: Duration,
 
+    /// Accept mode: accept each connection and start one daemon per connection with it at
+    /// fd 3 (LISTEN_FDS=1, LISTEN_FDNAMES = the listener's --fdname or "connection",
+    /// REMOTE_ADDR/REMOTE_PORT for TCP), as systemd Accept=yes and systemd-socket-activate
+    /// -a do. Always in the foreground: prints the listening addresses (LAUNCHED_PID is
+    /// sd-launch's own pid), reaps daemons as they exit, forwards SIGHUP, SIGQUIT, SIGUSR1,
+    /// SIGUSR2 to them; SIGINT/SIGTERM stop accepting, go to every daemon (SIGKILL after
+    /// --stop-timeout) and sd-launch exits 0. Daemons' stdin is /dev/null.
+    #[arg(short = 'a', long)]
+    accept: bool,
+
+    /// With --accept: pass each connection as the daemon's stdin and stdout instead, with no
+    /// LISTEN_* variables (inetd style, systemd StandardInput=socket). Requires --accept, as
+    /// in systemd-socket-activate, whose --inetd alone means something else.
+    #[arg(long, requires = "accept")]
+    inetd: bool,
+
+    /// With --accept: at most N daemons at once (systemd's MaxConnections= default is 64).
+    /// Further connections wait in the listen backlog until one exits (systemd refuses
+    /// them instead).
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 64,
+        requires = "accept",
+        value_parser = clap::value_parser!(u32).range(1..)
+    )]
+    max_connections: u32,
+
     /// The daemon and its arguments.
     #[arg(
         required = true,
@@ -174,6 +209,9 @@ fn main() -> ExitCode {
 }
 
 fn run(args: Args) -> Result<i32, Error> {
+    if args.accept {
+        return accept_main(args);
+    }
     let launch = build(&args)?;
     let foreground = args.foreground || args.restart.is_some();
     let blocked = if foreground {
@@ -310,6 +348,21 @@ fn build(args: &Args) -> Result<Launch, Error> {
         launch = launch.backlog(backlog);
     }
     launch = launch.socket_mode(args.socket_mode).no_pid(args.no_pid);
+    launch = setenv(launch, args);
+    launch = stdio(launch, args)?;
+    if args.foreground || args.restart.is_some() {
+        launch = launch.parent_death_signal(libc::SIGKILL);
+    } else {
+        launch = launch.kill_on_drop(true);
+    }
+    if let Some(timeout) = args.ready {
+        launch = launch.ready(timeout);
+    }
+    Ok(launch)
+}
+
+/// `-E VAR[=VALUE]` entries.
+fn setenv(mut launch: Launch, args: &Args) -> Launch {
     for entry in &args.setenv {
         let bytes = entry.as_encoded_bytes();
         match bytes.iter().position(|&b| b == b'=') {
@@ -324,16 +377,7 @@ fn build(args: &Args) -> Result<Launch, Error> {
             }
         }
     }
-    launch = stdio(launch, args)?;
-    if args.foreground || args.restart.is_some() {
-        launch = launch.parent_death_signal(libc::SIGKILL);
-    } else {
-        launch = launch.kill_on_drop(true);
-    }
-    if let Some(timeout) = args.ready {
-        launch = launch.ready(timeout);
-    }
-    Ok(launch)
+    launch
 }
 
 fn stdio(mut launch: Launch, args: &Args) -> Result<Launch, Error> {
@@ -370,4 +414,130 @@ fn open_out(path: &Path, stream: &'static str) -> Result<File, Error> {
             stream,
             source,
         })
+}
+
+/// `--accept`: the library's accept loop (sd_launch::accept) with one daemon per connection.
+fn accept_main(mut args: Args) -> Result<i32, Error> {
+    use sd_launch::accept::{Options, Pass};
+    if args.datagram {
+        return Err(Error::Conflict(
+            "--accept needs stream sockets: datagram sockets have no connections to accept",
+        ));
+    }
+    if args.restart.is_some() || args.ready.is_some() {
+        return Err(Error::Conflict(
+            "--accept starts a daemon per connection: it cannot be combined with --restart \
+             or --ready",
+        ));
+    }
+    if args.inetd && !args.fdname.is_empty() {
+        return Err(Error::Conflict(
+            "--inetd passes no LISTEN_* variables, so --fdname has no effect: drop it",
+        ));
+    }
+    if args.inetd && (args.stdout.is_some() || args.outfile.is_some()) {
+        return Err(Error::Conflict(
+            "with --inetd the daemon's stdout is the connection: use --stderr instead of \
+             --stdout/--outfile",
+        ));
+    }
+    args.foreground = true; // accept mode always stays: stdout/stderr are inherited
+    let pass = if args.inetd { Pass::Inetd } else { Pass::Fd };
+    let transport = if args.seqpacket {
+        Transport::SeqPacket
+    } else {
+        Transport::Stream
+    };
+    let addresses = if args.listen.is_empty() {
+        vec!["127.0.0.1:0".to_owned()]
+    } else {
+        args.listen.clone()
+    };
+    let names: Vec<&str> = args.fdname.iter().flat_map(|n| n.split(':')).collect();
+    if !names.is_empty() && names.len() != addresses.len() {
+        return Err(Error::NameCount {
+            names: names.len(),
+            sockets: addresses.len(),
+        });
+    }
+    let mut options = Options::new()
+        .pass(pass)
+        .max_connections(args.max_connections as usize)
+        .socket_mode(args.socket_mode)
+        .stop_timeout(args.stop_timeout);
+    if let Some(backlog) = args.backlog {
+        options = options.backlog(backlog);
+    }
+    for (i, address) in addresses.iter().enumerate() {
+        let mut spec = address.parse::<SocketSpec>()?.transport(transport);
+        if let Some(name) = names.get(i) {
+            spec = spec.name(*name);
+        }
+        options = options.listen(spec);
+    }
+
+    let blocked = supervise::block_signals().map_err(|source| Error::Spawn {
+        program: "sd-launch".into(),
+        step: "blocking signals",
+        source,
+    })?;
+    let acceptor = options.bind()?;
+    let daemon = |args: &Args| -> Result<Launch, Error> {
+        let (program, rest) = args.command.split_first().expect("clap requires a command");
+        let launch = setenv(Launch::new(program).args(rest), args);
+        let launch = stdio(launch, args)?.stdin(Stdio::null());
+        Ok(launch
+            .no_pid(args.no_pid)
+            .parent_death_signal(libc::SIGKILL))
+    };
+    // Report a missing program, bad arguments or output files now, before printing, as
+    // without --accept: a held launch that is dropped never runs the program.
+    let devnull = File::open("/dev/null").map_err(|source| Error::Stdio {
+        path: "/dev/null".into(),
+        stream: "stdin",
+        source,
+    })?;
+    let probe = match pass {
+        Pass::Fd => daemon(&args)?.fd(devnull),
+        Pass::Inetd => daemon(&args)?.inetd(devnull),
+    };
+    drop(probe.spawn_held()?);
+
+    let text = output::render(
+        args.format,
+        &args.prefix,
+        std::process::id(),
+        acceptor.sockets(),
+    );
+    let mut stdout = std::io::stdout().lock();
+    if let Err(e) = stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush())
+    {
+        eprintln!("sd-launch: cannot write the output ({e}); not accepting connections");
+        return Ok(4);
+    }
+    drop(stdout);
+
+    let mut failure = None;
+    let served = acceptor.serve(Some(&blocked), |_conn| match daemon(&args) {
+        Ok(launch) => launch,
+        Err(e) => {
+            // An output file that can no longer be opened: stop with its error.
+            failure.get_or_insert(e);
+            Launch::new("")
+        }
+    });
+    if let Some(e) = failure {
+        return Err(e);
+    }
+    let served = served?;
+    if served.failed > 0 {
+        eprintln!(
+            "sd-launch: {} connection(s) were closed unanswered: their daemon could not be \
+             started (out of processes or memory?)",
+            served.failed
+        );
+    }
+    Ok(0)
 }
