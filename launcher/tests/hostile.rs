@@ -348,9 +348,6 @@ fn a_limit_just_too_small_for_the_daemons_fds_is_also_clean() {
 }
 
 #[test]
-#[ignore = "bug: sd-launch.rs splits -E VAR=VALUE at a byte index of the raw argument but \
-            slices the lossy UTF-8 conversion: a non-UTF-8 byte before '=' panics \
-            (byte index not a char boundary) and non-UTF-8 values are mangled"]
 fn setenv_with_non_utf8_bytes_is_passed_verbatim_or_refused_without_a_panic() {
     use std::os::unix::ffi::OsStrExt;
     let s = Scratch::new();
@@ -361,14 +358,15 @@ fn setenv_with_non_utf8_bytes_is_passed_verbatim_or_refused_without_a_panic() {
         .arg(&out_file)
         .arg("-E")
         .arg(std::ffi::OsStr::from_bytes(b"V\xff=x\xfe"))
-        .args(["--", "sh", "-c", "env"]);
+        // env(1) itself, not a shell: dash drops variables whose names are not identifiers.
+        .args(["--", "env"]);
     let out = cmd.output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!stderr.contains("panicked"), "{stderr}");
     if out.status.success() {
         let env = fs::read(&out_file).unwrap();
         assert!(
-            env.windows(6).any(|w| w == b"V\xff=x\xfe"),
+            env.windows(5).any(|w| w == b"V\xff=x\xfe"),
             "the variable was mangled"
         );
     } else {

@@ -1,9 +1,10 @@
 //! `sd-launch`: start a daemon with pre-opened sockets (LISTEN_FDS/LISTEN_PID protocol).
 //! Thin: arguments in, library calls, exit codes out.
 
-use std::ffi::OsString;
+use std::ffi::{OsStr, OsString};
 use std::fs::{File, OpenOptions};
 use std::io::Write;
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
@@ -364,11 +365,14 @@ fn build(args: &Args) -> Result<Launch, Error> {
 /// `-E VAR[=VALUE]` entries.
 fn setenv(mut launch: Launch, args: &Args) -> Launch {
     for entry in &args.setenv {
-        let bytes = entry.as_encoded_bytes();
+        let bytes = entry.as_bytes();
         match bytes.iter().position(|&b| b == b'=') {
+            // Split the raw bytes: names and values pass verbatim, UTF-8 or not.
             Some(eq) => {
-                let s = entry.to_string_lossy();
-                launch = launch.env(&s[..eq], &s[eq + 1..]);
+                launch = launch.env(
+                    OsStr::from_bytes(&bytes[..eq]),
+                    OsStr::from_bytes(&bytes[eq + 1..]),
+                );
             }
             None => {
                 if let Some(v) = std::env::var_os(entry) {
