@@ -34,13 +34,17 @@ Examples:
     systemd-socket-activate -l 127.0.0.1:8080 --fdname http demo-server
     systemd-socket-activate -a -l 127.0.0.1:8080 demo-server
 
+  One process per connection, the connection at fd 3 or (inetd) on stdin/stdout:
+    sd-launch --accept -- demo-server
+    sd-launch --accept --inetd -- demo-server --inetd
+
   On its own (no sockets passed): binds --listen
     RUST_LOG=debug demo-server --listen 127.0.0.1:3000
 
 Passed sockets: every listening TCP (IPv4/IPv6) and Unix stream socket is served; a
 connected stream socket (systemd Accept=yes, systemd-socket-activate -a) is served as one
-connection, and the server exits when it is done. LISTEN_* are validated strictly, like
-libsystemd, unless --lenient.
+connection, and the server exits when it is done; with --inetd, the connected socket on stdin
+likewise. LISTEN_* are validated strictly, like libsystemd, unless --lenient.
 
 With NOTIFY_SOCKET set (systemd Type=notify, sd-launch --ready), it sends READY=1 once it
 serves and STOPPING=1 when it starts draining.
@@ -49,8 +53,8 @@ SIGTERM or SIGINT: stop accepting, let in-flight requests finish (at most --drai
 seconds; connections still open then are dropped), exit 0.
 
 Exit codes: 0 stopped by a signal, or the passed connection was served; 1 serving failed;
-2 invalid command line, malformed LISTEN_* environment, or a passed fd that is not a stream
-socket; 3 the --listen address could not be bound.
+2 invalid command line, malformed LISTEN_* environment, a passed fd that is not a stream
+socket, or --inetd without a connected stream socket on stdin; 3 the --listen address could not be bound.
 
 Logging goes to stderr; filter it with RUST_LOG (default: info).";
 
@@ -73,6 +77,12 @@ struct Args {
     /// Seconds to let in-flight requests finish after SIGTERM/SIGINT.
     #[arg(long, value_name = "SECS", default_value_t = 10)]
     drain_timeout: u64,
+
+    /// inetd style: serve the connected socket on stdin (and stdout) as one connection and
+    /// exit when it is done (sd-launch --accept --inetd, systemd-socket-activate -a --inetd,
+    /// systemd StandardInput=socket). Passed LISTEN_* sockets are not served.
+    #[arg(long)]
+    inetd: bool,
 }
 
 fn main() -> ExitCode {
@@ -99,7 +109,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    if let Some(why) = fds.not_for_us() {
+    if let (false, Some(why)) = (args.inetd, fds.not_for_us()) {
         tracing::info!("no sockets passed ({why}); binding {}", args.listen);
     }
 
@@ -118,7 +128,11 @@ fn main() -> ExitCode {
         drain_timeout: Duration::from_secs(args.drain_timeout),
         notifier,
     };
-    let result = runtime.block_on(serve::run(fds, config));
+    let result = if args.inetd {
+        runtime.block_on(serve::run_inetd(config))
+    } else {
+        runtime.block_on(serve::run(fds, config))
+    };
     // Do not wait for stray tasks (e.g. a connection stuck after the drain timeout).
     runtime.shutdown_timeout(Duration::from_millis(100));
     match result {

@@ -3,6 +3,7 @@
 //! on SIGTERM/SIGINT.
 
 use std::net::SocketAddr;
+use std::os::fd::{FromRawFd, OwnedFd};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,6 +11,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
+use listenfd_core::inspect::inspect_raw;
 use listenfd_core::notify::{Notifier, State};
 use listenfd_core::{Family, FdKind, ListenFds, SocketType};
 use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
@@ -50,6 +52,9 @@ pub enum Error {
         /// The OS error.
         source: std::io::Error,
     },
+    /// `--inetd`, but stdin is not a connected stream socket.
+    #[error("{0}")]
+    Inetd(String),
     /// Installing the signal handlers failed.
     #[error("cannot install the SIGTERM/SIGINT handlers: {0}")]
     Signals(std::io::Error),
@@ -59,7 +64,7 @@ impl Error {
     /// 2 for what was passed to us, 3 for a failed bind, 1 otherwise.
     pub fn exit_code(&self) -> u8 {
         match self {
-            Error::Receive(_) | Error::Unsupported(_) => 2,
+            Error::Receive(_) | Error::Unsupported(_) | Error::Inetd(_) => 2,
             Error::Bind { .. } => 3,
             Error::Signals(_) => 1,
         }
@@ -105,13 +110,33 @@ fn notify(config: &Config, state: State<'_>) {
 
 /// Serve until SIGTERM/SIGINT (or, when only connections were passed, until they are done).
 pub async fn run(mut fds: ListenFds, config: Config) -> Result<(), Error> {
+    let (sockets, infos) = take_sockets(&mut fds, config.fallback).await?;
+    serve(sockets, infos, !fds.is_empty(), config).await
+}
+
+/// inetd style (`--inetd`: `sd-launch --accept --inetd`, `systemd-socket-activate -a
+/// --inetd`, systemd `StandardInput=socket`): serve the connected socket on stdin as one
+/// connection (answers go out through it too; stdout is the same socket and stays unused), and
+/// return when it is done, or drain it on SIGTERM/SIGINT.
+pub async fn run_inetd(config: Config) -> Result<(), Error> {
+    let (conn, info) = take_stdin()?;
+    serve(vec![Socket::Conn(conn)], vec![info], true, config).await
+}
+
+/// Serve `sockets` until SIGTERM/SIGINT, or, when they are all connections, until they are
+/// done.
+async fn serve(
+    sockets: Vec<Socket>,
+    infos: Vec<SocketInfo>,
+    activated: bool,
+    config: Config,
+) -> Result<(), Error> {
     let mut sigterm = signal(SignalKind::terminate()).map_err(Error::Signals)?;
     let mut sigint = signal(SignalKind::interrupt()).map_err(Error::Signals)?;
 
-    let (sockets, infos) = take_sockets(&mut fds, config.fallback).await?;
     let info = Arc::new(Info {
         pid: std::process::id(),
-        activated: !fds.is_empty(),
+        activated,
         sockets: infos,
     });
     for s in &info.sockets {
@@ -184,6 +209,51 @@ pub async fn run(mut fds: ListenFds, config: Config) -> Result<(), Error> {
     }
     connections.abort_all();
     Ok(())
+}
+
+/// Take stdin (fd 0) as a connection, for `--inetd`: it must be a connected TCP or Unix stream
+/// socket.
+fn take_stdin() -> Result<(Conn, SocketInfo), Error> {
+    let not_served = |what: String| {
+        Error::Inetd(format!(
+            "{what}; --inetd serves a connected stream socket on stdin (start demo-server with \
+             sd-launch --accept --inetd or systemd-socket-activate -a --inetd)"
+        ))
+    };
+    let kind = inspect_raw(0).map_err(|e| not_served(format!("cannot inspect stdin: {e}")))?;
+    let FdKind::Socket {
+        family: family @ (Family::Inet | Family::Inet6 | Family::Unix),
+        socket_type: SocketType::Stream,
+        listening: false,
+        ref local,
+    } = kind
+    else {
+        return Err(not_served(format!("stdin is {kind}")));
+    };
+    let local = local.as_ref().map_or_else(String::new, ToString::to_string);
+    // SAFETY: fd 0 is open (inspected above), and this runs once, before anything else in
+    // this process reads or closes stdin: the OwnedFd is its only owner from here on.
+    let fd = unsafe { OwnedFd::from_raw_fd(0) };
+    let tokio_error = |e: std::io::Error| not_served(format!("cannot serve stdin: {e}"));
+    let (conn, kind) = if family == Family::Unix {
+        let s = std::os::unix::net::UnixStream::from(fd);
+        s.set_nonblocking(true).map_err(tokio_error)?;
+        let s = UnixStream::from_std(s).map_err(tokio_error)?;
+        (Conn::Unix(s), "unix-stream")
+    } else {
+        let s = std::net::TcpStream::from(fd);
+        s.set_nonblocking(true).map_err(tokio_error)?;
+        let s = TcpStream::from_std(s).map_err(tokio_error)?;
+        (Conn::Tcp(s), "tcp")
+    };
+    let info = SocketInfo {
+        fd: 0,
+        name: "stdin".to_owned(),
+        kind,
+        listening: false,
+        local,
+    };
+    Ok((conn, info))
 }
 
 /// Take every passed fd as what it is, or bind the fallback when nothing was passed.
