@@ -527,3 +527,41 @@ fn unix_sockets_are_private_unless_socket_mode_says_otherwise() {
         fs::remove_file(&sock).unwrap();
     }
 }
+
+#[test]
+fn foreground_kills_a_daemon_that_ignores_sigterm_after_the_stop_timeout() {
+    let mut fg = Foreground::start(
+        &["--stop-timeout", "0.3"],
+        "trap '' TERM; echo ready; while :; do sleep 0.05; done",
+    );
+    fg.signal(libc::SIGTERM);
+    let status = fg.child.wait().unwrap();
+    // The daemon ignored SIGTERM, got SIGKILL: sd-launch exits 128 + 9.
+    assert_eq!(status.code(), Some(137));
+    assert!(
+        wait_dead(fg.daemon_pid),
+        "daemon {} survived",
+        fg.daemon_pid
+    );
+}
+
+#[test]
+fn ready_failure_exits_5_with_the_daemons_stderr_tail_and_prints_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("daemon.log");
+    let out = run(&[
+        "--ready",
+        "--stderr",
+        log.to_str().unwrap(),
+        "--",
+        "sh",
+        "-c",
+        "echo loading >&2; echo 'config.toml: no such file' >&2; exit 1",
+    ]);
+    assert_eq!(out.status.code(), Some(5));
+    assert!(out.stdout.is_empty(), "{}", text(&out.stdout));
+    let err = text(&out.stderr);
+    assert!(err.contains("exited before it was ready"), "{err}");
+    assert!(err.contains("exit status: 1"), "{err}");
+    assert!(err.contains("| config.toml: no such file"), "{err}");
+}
