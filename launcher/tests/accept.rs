@@ -293,11 +293,9 @@ impl Cli {
     }
 
     fn signal(&self, sig: i32) {
-        // SAFETY: kill with our own child's pid and a valid signal.
-        assert_eq!(
-            unsafe { libc::kill(self.child.id() as libc::pid_t, sig) },
-            0
-        );
+        // SAFETY: kill with our own (unreaped) child's pid and a valid signal.
+        let r = unsafe { libc::kill(self.child.id() as libc::pid_t, sig) };
+        assert_eq!(r, 0, "kill: {}", std::io::Error::last_os_error());
     }
 }
 
