@@ -10,13 +10,12 @@ use std::time::Duration;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use listenfd_core::inspect::inspect_raw;
 use listenfd_core::notify::{Notifier, State};
 use listenfd_core::{Family, FdKind, ListenFds, SocketType};
 use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 use tokio::signal::unix::{SignalKind, signal};
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, mpsc, watch};
 use tokio::task::JoinSet;
 
 use crate::routes::{self, Info, SocketInfo};
@@ -158,13 +157,14 @@ async fn serve(
     drop(tx); // with no listeners, the channel closes and only passed connections remain
 
     let builder = auto::Builder::new(TokioExecutor::new());
-    let graceful = GracefulShutdown::new();
+    // Set once draining starts; every connection task watches it (see serve_connection).
+    let (drain, stop) = watch::channel(false);
     let mut connections = JoinSet::new();
     for conn in initial {
         connections.spawn(serve_connection(
             conn,
             builder.clone(),
-            graceful.watcher(),
+            stop.clone(),
             info.clone(),
         ));
     }
@@ -182,7 +182,7 @@ async fn serve(
             _ = sigterm.recv() => { tracing::info!("SIGTERM: shutting down"); break; }
             _ = sigint.recv() => { tracing::info!("SIGINT: shutting down"); break; }
             Some(conn) = rx.recv() => {
-                connections.spawn(serve_connection(conn, builder.clone(), graceful.watcher(), info.clone()));
+                connections.spawn(serve_connection(conn, builder.clone(), stop.clone(), info.clone()));
             }
             Some(_) = connections.join_next() => {}
         }
@@ -191,7 +191,17 @@ async fn serve(
     notify(&config, State::Stopping);
     // Stop accepting: the listeners are closed with their tasks.
     acceptors.shutdown().await;
-    drop(rx);
+    // Connections accepted but not yet picked up are served too: a client that connected
+    // before the drain gets its answer (a restarted daemon's successor takes the rest).
+    rx.close();
+    while let Some(conn) = rx.recv().await {
+        connections.spawn(serve_connection(
+            conn,
+            builder.clone(),
+            stop.clone(),
+            info.clone(),
+        ));
+    }
     let in_flight = connections.len();
     if in_flight > 0 {
         tracing::info!(
@@ -199,8 +209,9 @@ async fn serve(
             config.drain_timeout
         );
     }
+    let _ = drain.send(true);
     tokio::select! {
-        () = graceful.shutdown() => tracing::info!("drained"),
+        () = async { while connections.join_next().await.is_some() {} } => tracing::info!("drained"),
         () = tokio::time::sleep(config.drain_timeout) => {
             tracing::warn!("drain timeout: dropping {} connection(s)", connections.len());
         }
@@ -342,25 +353,55 @@ async fn accept_loop(tx: mpsc::Sender<Conn>, listener: Listener) {
 async fn serve_connection(
     conn: Conn,
     builder: auto::Builder<TokioExecutor>,
-    watcher: hyper_util::server::graceful::Watcher,
+    mut stop: watch::Receiver<bool>,
     info: Arc<Info>,
 ) {
-    let service = service_fn(move |req| {
-        let info = info.clone();
-        async move { Ok::<_, std::convert::Infallible>(routes::handle(req, &info).await) }
-    });
-    let result = match conn {
-        Conn::Tcp(s) => {
-            watcher
-                .watch(builder.serve_connection(TokioIo::new(s), service))
-                .await
-        }
-        Conn::Unix(s) => {
-            watcher
-                .watch(builder.serve_connection(TokioIo::new(s), service))
-                .await
-        }
+    // Draining must not close a connection whose client has connected but whose request
+    // hyper has not read yet: that client would see a reset although it reached us before
+    // the drain (the race that makes "graceful" restarts drop requests). So at the drain, a
+    // connection that has not had a request yet gets FIRST_REQUEST_GRACE for one, which is
+    // then answered with keep-alive off; one that has is shut down gracefully at once.
+    const FIRST_REQUEST_GRACE: Duration = Duration::from_secs(1);
+    let first_request = Arc::new(Notify::new());
+    let service = {
+        let first_request = first_request.clone();
+        service_fn(move |req| {
+            first_request.notify_one(); // stores a permit: a later wait returns at once
+            let info = info.clone();
+            async move { Ok::<_, std::convert::Infallible>(routes::handle(req, &info).await) }
+        })
     };
+    macro_rules! drive {
+        ($io:expr) => {{
+            let conn = builder.serve_connection($io, service);
+            tokio::pin!(conn);
+            tokio::select! {
+                result = conn.as_mut() => result,
+                () = draining(&mut stop) => {
+                    tokio::select! {
+                        result = conn.as_mut() => return log_end(result),
+                        () = first_request.notified() => {}
+                        () = tokio::time::sleep(FIRST_REQUEST_GRACE) => {}
+                    }
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+            }
+        }};
+    }
+    let result = match conn {
+        Conn::Tcp(s) => drive!(TokioIo::new(s)),
+        Conn::Unix(s) => drive!(TokioIo::new(s)),
+    };
+    log_end(result);
+}
+
+/// Resolves once the drain has started (or the server is gone).
+async fn draining(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|draining| *draining).await;
+}
+
+fn log_end(result: Result<(), Box<dyn std::error::Error + Send + Sync>>) {
     if let Err(e) = result {
         tracing::debug!("connection ended with an error: {e}");
     }

@@ -21,7 +21,7 @@ use crate::launch::{Launch, Prepared};
 use crate::launched::{Launched, LaunchedSocket};
 use crate::supervise::{self, BlockedSignals, FORWARDED, STOPPING};
 
-/// When [`supervise`] starts the daemon again.
+/// When [`supervise()`] starts the daemon again.
 ///
 /// ```
 /// use sd_launch::service::Restart;
