@@ -437,13 +437,7 @@ impl Acceptor {
     /// # Ok::<(), sd_launch::Error>(())
     /// ```
     pub fn local_addr(&self, index: usize) -> SocketAddr {
-        match self.sockets.get(index).and_then(|s| s.address.as_ref()) {
-            Some(Address::Inet(a)) => *a,
-            other => panic!(
-                "listener {index} of {} has no IP address (it is {other:?})",
-                self.sockets.len()
-            ),
-        }
+        crate::launched::inet_addr(&self.sockets, index)
     }
 
     /// A handle that stops [`serve`](Acceptor::serve) from another thread.

@@ -197,13 +197,7 @@ impl Launched {
     /// # Ok::<(), sd_launch::Error>(())
     /// ```
     pub fn local_addr(&self, index: usize) -> SocketAddr {
-        match self.sockets.get(index).and_then(|s| s.address.as_ref()) {
-            Some(Address::Inet(a)) => *a,
-            other => panic!(
-                "socket {index} of {} has no IP address (it is {other:?})",
-                self.sockets.len()
-            ),
-        }
+        inet_addr(&self.sockets, index)
     }
 
     /// Send `signal` (e.g. `libc::SIGTERM`) to the daemon.
@@ -405,6 +399,17 @@ impl Drop for Launched {
             let _ = self.kill();
         }
         // `created` drops after this: socket files are removed once the daemon is gone.
+    }
+}
+
+/// The IP address of `sockets[index]`; panics (a test's mistake) when there is none.
+pub(crate) fn inet_addr(sockets: &[LaunchedSocket], index: usize) -> SocketAddr {
+    match sockets.get(index).and_then(|s| s.address.as_ref()) {
+        Some(Address::Inet(a)) => *a,
+        other => panic!(
+            "socket {index} of {} has no IP address (it is {other:?})",
+            sockets.len()
+        ),
     }
 }
 
