@@ -606,10 +606,18 @@ impl Acceptor {
                     };
                     match self.start(conn, &connection, make) {
                         Ok(daemon) => {
+                            tracing::debug!(
+                                "connection {number} from {:?}: daemon pid {}",
+                                connection.peer,
+                                daemon.pid()
+                            );
                             served.connections += 1;
                             children.push(daemon);
                         }
-                        Err(Error::Spawn { .. }) => served.failed += 1,
+                        Err(e @ Error::Spawn { .. }) => {
+                            tracing::warn!("connection {number}: no daemon started: {e}");
+                            served.failed += 1;
+                        }
                         Err(e) => return Err(e),
                     }
                 }

@@ -633,7 +633,15 @@ impl Prepared {
     /// Start one child with the sockets (held before exec if `gate`).
     pub(crate) fn spawn_child(&mut self, gate: bool) -> Result<(libc::pid_t, Option<Gate>), Error> {
         self.plan.gate = gate;
-        spawn::spawn(&mut self.plan)
+        let spawned = spawn::spawn(&mut self.plan)?;
+        tracing::debug!(
+            "started {} as pid {}{} with {} socket(s)",
+            self.program,
+            spawned.0,
+            if gate { " (held before exec)" } else { "" },
+            self.sockets.len()
+        );
+        Ok(spawned)
     }
 
     /// A handle for a child of this plan that shares its sockets with later children: no

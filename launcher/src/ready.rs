@@ -70,7 +70,16 @@ impl NotifySocket {
         };
         loop {
             while let Some((pid, text)) = self.receive().map_err(io_err)? {
-                if is_ready(&text) && is_in_tree(pid, daemon.pid() as libc::pid_t) {
+                let ours = is_in_tree(pid, daemon.pid() as libc::pid_t);
+                tracing::debug!(
+                    "notification from pid {pid}{}: {text:?}",
+                    if ours {
+                        ""
+                    } else {
+                        " (not the daemon's: ignored)"
+                    }
+                );
+                if ours && is_ready(&text) {
                     return Ok(());
                 }
             }

@@ -193,9 +193,8 @@ impl Service {
             match old.try_wait() {
                 Ok(None) if now < *kill_at => return true,
                 Ok(None) => {
-                    eprintln!(
-                        "sd-launch: old {} (pid {}) still draining at its stop timeout: \
-                         sending SIGKILL",
+                    tracing::warn!(
+                        "old {} (pid {}) still draining at its stop timeout: sending SIGKILL",
                         old.program(),
                         old.pid()
                     );
@@ -296,8 +295,8 @@ pub fn supervise(
             if service.started_at.elapsed() >= MAX_BACKOFF {
                 backoff = FIRST_BACKOFF;
             }
-            eprintln!(
-                "sd-launch: {} (pid {}) exited ({status}); restarting in {backoff:?}",
+            tracing::warn!(
+                "{} (pid {}) exited ({status}); restarting in {backoff:?}",
                 daemon.program(),
                 daemon.pid()
             );
@@ -305,9 +304,9 @@ pub fn supervise(
             backoff = (backoff * 2).min(MAX_BACKOFF);
         } else if let Some(daemon) = service.current.as_mut() {
             if stop_at.is_some_and(|t| t.elapsed() >= stop_timeout) {
-                eprintln!(
-                    "sd-launch: {} (pid {}) still running {stop_timeout:?} after the stop \
-                     signal: sending SIGKILL",
+                tracing::warn!(
+                    "{} (pid {}) still running {stop_timeout:?} after the stop signal: \
+                     sending SIGKILL",
                     daemon.program(),
                     daemon.pid()
                 );
@@ -320,7 +319,7 @@ pub fn supervise(
         if restart_at.is_some_and(|at| Instant::now() >= at) {
             restart_at = None;
             if let Err(e) = service.start() {
-                eprintln!("sd-launch: restart failed: {e}");
+                tracing::error!("restart failed: {e}");
                 restart_at = Some(Instant::now() + backoff);
                 backoff = (backoff * 2).min(MAX_BACKOFF);
             }
@@ -335,9 +334,9 @@ pub fn supervise(
         if sig == libc::SIGHUP && stop_at.is_none() {
             match service.current {
                 Some(_) => match service.restart(stop_timeout) {
-                    Ok(pid) => eprintln!("sd-launch: SIGHUP: restarted, new pid {pid}"),
+                    Ok(pid) => tracing::info!("SIGHUP: restarted, new pid {pid}"),
                     Err(e) => {
-                        eprintln!("sd-launch: SIGHUP: restart failed, keeping the old daemon: {e}")
+                        tracing::error!("SIGHUP: restart failed, keeping the old daemon: {e}")
                     }
                 },
                 None => restart_at = Some(Instant::now()),
@@ -348,6 +347,7 @@ pub fn supervise(
             continue; // SIGCHLD: look at the children again
         }
         if let Some(daemon) = &service.current {
+            tracing::debug!("forwarding signal {sig} to pid {}", daemon.pid());
             supervise::forward(daemon, sig)?;
         }
         if STOPPING.contains(&sig) {

@@ -103,9 +103,9 @@ impl BlockedSignals {
                 return Ok(status);
             }
             if kill_at.is_some_and(|t| Instant::now() >= t) {
-                eprintln!(
-                    "sd-launch: {} (pid {}) still running {stop_timeout:?} after the stop \
-                     signal: sending SIGKILL",
+                tracing::warn!(
+                    "{} (pid {}) still running {stop_timeout:?} after the stop signal: \
+                     sending SIGKILL",
                     daemon.program(),
                     daemon.pid()
                 );
@@ -116,6 +116,7 @@ impl BlockedSignals {
             });
             if let Some(sig) = self.next_signal(wait) {
                 if FORWARDED.contains(&sig) {
+                    tracing::debug!("forwarding signal {sig} to pid {}", daemon.pid());
                     forward(daemon, sig)?;
                     if STOPPING.contains(&sig) && kill_at.is_none() {
                         kill_at = Some(Instant::now() + stop_timeout);

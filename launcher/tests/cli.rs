@@ -565,3 +565,20 @@ fn ready_failure_exits_5_with_the_daemons_stderr_tail_and_prints_nothing() {
     assert!(err.contains("exit status: 1"), "{err}");
     assert!(err.contains("| config.toml: no such file"), "{err}");
 }
+
+#[test]
+fn rust_log_debug_shows_the_spawn_and_the_default_is_quiet() {
+    let quiet = run(&["--foreground", "--", "true"]);
+    assert_eq!(text(&quiet.stderr), "");
+    let out = sd_launch(&["--foreground", "--", "true"])
+        .env("RUST_LOG", "debug")
+        .output()
+        .unwrap();
+    let pid = parse_env(&text(&out.stdout))["LAUNCHED_PID"].clone();
+    let err = text(&out.stderr);
+    assert!(
+        err.lines()
+            .any(|l| l.starts_with("sd-launch: debug: started true as pid ") && l.contains(&pid)),
+        "{err}"
+    );
+}

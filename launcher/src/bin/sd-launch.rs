@@ -13,6 +13,9 @@ use clap::Parser;
 use sd_launch::output::{self, Format};
 use sd_launch::service::{self, Restart};
 use sd_launch::{Error, Launch, LaunchedSocket, SocketSpec, Stdio, Transport, supervise};
+use tracing_subscriber::fmt::FmtContext;
+use tracing_subscriber::fmt::format::{self, FormatEvent, FormatFields};
+use tracing_subscriber::registry::LookupSpan;
 
 const AFTER_HELP: &str = "\
 Examples:
@@ -38,6 +41,9 @@ Output (env format): LAUNCHED_PORT=<first TCP port>, LAUNCHED_PID=<pid>; with se
 sockets or a non-TCP one also LAUNCHED_PORT_<i>, LAUNCHED_ADDR_<i>, LAUNCHED_PATH_<i>
 (i = 0 for fd 3). --format json prints one object with pid and every socket's fd, name,
 kind, address and port.
+
+Logging: RUST_LOG=debug sd-launch ... shows sockets, spawns, forwarded signals and
+notifications on stderr (default: info, restarts and escalations only).
 
 Exit codes: 0 launched; 2 invalid command line (address, fd name, name count);
 3 a socket could not be created (address in use, privileged port, path taken);
@@ -183,6 +189,46 @@ struct Args {
     command: Vec<OsString>,
 }
 
+/// What sd-launch says while it supervises (restarts, escalations) goes to stderr as
+/// `sd-launch: [warning: ]message`, filtered by RUST_LOG (default `info`; `debug` shows spawns,
+/// forwarded signals and notifications).
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .event_format(Prefixed)
+        .init();
+}
+
+/// `sd-launch: [warning: |error: |debug: ]message`, like the tool's other messages.
+struct Prefixed;
+
+impl<S, N> FormatEvent<S, N> for Prefixed
+where
+    S: tracing::Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        ctx: &FmtContext<'_, S, N>,
+        mut writer: format::Writer<'_>,
+        event: &tracing::Event<'_>,
+    ) -> std::fmt::Result {
+        let level = match *event.metadata().level() {
+            tracing::Level::ERROR => "error: ",
+            tracing::Level::WARN => "warning: ",
+            tracing::Level::INFO => "",
+            tracing::Level::DEBUG => "debug: ",
+            tracing::Level::TRACE => "trace: ",
+        };
+        write!(writer, "sd-launch: {level}")?;
+        ctx.field_format().format_fields(writer.by_ref(), event)?;
+        writeln!(writer)
+    }
+}
+
 fn parse_seconds(s: &str) -> Result<Duration, String> {
     s.parse::<f64>()
         .ok()
@@ -200,6 +246,7 @@ fn parse_mode(s: &str) -> Result<u32, String> {
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    init_logging();
     match run(args) {
         Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
         Err(e) => {
