@@ -1,5 +1,5 @@
 //! Nothing is lost over many launches: no zombie children, no fds left open in the launching
-//! process. One test in this binary, so no other test's children or fds muddle the counts.
+//! process, no memory growth. One test in this binary, so no other test's children or fds muddle the counts.
 
 use std::fs;
 
@@ -26,6 +26,13 @@ fn children() -> Vec<(u32, char)> {
     found
 }
 
+/// Our resident memory in KiB, from /proc/self/status.
+fn rss_kib() -> u64 {
+    let status = fs::read_to_string("/proc/self/status").unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
 fn open_fd_count() -> usize {
     fs::read_dir("/proc/self/fd").unwrap().count()
 }
@@ -33,7 +40,11 @@ fn open_fd_count() -> usize {
 #[test]
 fn a_thousand_spawn_drop_cycles_leave_no_zombie_and_no_fd() {
     let fds_before = open_fd_count();
+    let mut rss_after_warm_up = 0;
     for i in 0..1000 {
+        if i == 100 {
+            rss_after_warm_up = rss_kib();
+        }
         match i % 3 {
             // Exited and waited for: drop has nothing left to do.
             0 => {
@@ -52,4 +63,8 @@ fn a_thousand_spawn_drop_cycles_leave_no_zombie_and_no_fd() {
     }
     assert_eq!(children(), [], "children left behind (pid, state)");
     assert_eq!(open_fd_count(), fds_before, "fds leaked into the launcher");
+    // Memory flat: 900 more cycles after the warm-up may not grow it by more than 2 MiB
+    // (a leak of even 4 KiB per launch would add 3.5 MiB).
+    let growth = rss_kib().saturating_sub(rss_after_warm_up);
+    assert!(growth < 2048, "RSS grew by {growth} KiB over 900 launches");
 }
