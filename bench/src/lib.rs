@@ -1,4 +1,4 @@
-//! The `make bench` harness: every row of issue 7 measured side by side with the
+//! The `make bench` harness: every row of issues 7 and 8 measured side by side with the
 //! alternative a user would otherwise pick, interleaved (A B A B ...), reported as medians
 //! with p10/p90 spread and a ratio. See `bench/README.md` for what each row measures.
 //!
@@ -12,7 +12,7 @@
 //! * [`procs`]: child processes (subreaper, kill and reap, sweep), ports, HTTP probes;
 //! * `daemons`: how to start lighttpd, demo-server and the row-6 daemon each way;
 //! * [`stats`]: medians and spread of interleaved samples;
-//! * `rows`: one module per row of the issue, run through [`run_row`];
+//! * `rows`: one module per row, run through [`run_row`];
 //! * [`report`]: the markdown table and `report.json`.
 
 pub mod config;
@@ -25,10 +25,10 @@ pub mod stats;
 pub use config::Config;
 pub use report::Row;
 
-/// The rows of issue 7, by number.
-pub const ROWS: [u8; 6] = [1, 2, 3, 4, 5, 6];
+/// The rows, by number: 1-6 of issue 7, 7 (failed requests during restarts) of issue 8.
+pub const ROWS: [u8; 7] = [1, 2, 3, 4, 5, 6, 7];
 
-/// Measure row `row` (1-6) and return its table lines. Children it starts are killed and
+/// Measure row `row` (1-7) and return its table lines. Children it starts are killed and
 /// reaped before it returns.
 ///
 /// ```no_run
@@ -45,8 +45,9 @@ pub fn run_row(config: &Config, row: u8) -> std::io::Result<Vec<Row>> {
         4 => rows::serving::run(config),
         5 => rows::receiver::run(config),
         6 => rows::races::run(config),
+        7 => rows::restarts::run(config),
         _ => Err(std::io::Error::other(format!(
-            "no row {row}: rows are 1 to 6"
+            "no row {row}: rows are 1 to 7"
         ))),
     };
     procs::sweep_children();

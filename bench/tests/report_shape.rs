@@ -1,6 +1,7 @@
 //! The harness in quick mode writes a `report.json` of the shape issue 7 specifies. Rows 5
-//! and 6 need nothing outside this crate (row 6 uses the `bench-daemon` bin target).
-//! No timing is asserted: only the shape and that our launches never fail.
+//! and 6 need nothing outside this crate (row 6 uses the `bench-daemon` bin target); row 7
+//! needs the workspace's `sd-launch` and `demo-server`. No timing is asserted: only the
+//! shape, that our launches never fail, and that no request fails during our restarts.
 
 use std::process::Command;
 
@@ -39,5 +40,49 @@ fn quick_run_writes_report_json_with_one_object_per_row() {
     assert_eq!(
         races["ours"]["median"], 0.0,
         "a passed socket never races: {races}"
+    );
+}
+
+/// Row 7 needs the debug `sd-launch` and `demo-server` next to the harness (`make test`
+/// builds every binary first).
+#[test]
+fn no_request_fails_while_sd_launch_restarts_the_daemon() {
+    let bin_dir = std::path::Path::new(env!("CARGO_BIN_EXE_sd-launch-bench"))
+        .parent()
+        .expect("target dir")
+        .to_path_buf();
+    for bin in ["sd-launch", "demo-server"] {
+        if !bin_dir.join(bin).is_file() {
+            eprintln!(
+                "SKIPPED: {bin} missing in {}; build it with cargo build --workspace --bins",
+                bin_dir.display()
+            );
+            assert!(
+                std::env::var_os("CI").is_none_or(|v| v != "true"),
+                "CI=true: {bin} missing"
+            );
+            return;
+        }
+    }
+    let out_dir = tempfile::tempdir().expect("temp dir");
+    let output = Command::new(env!("CARGO_BIN_EXE_sd-launch-bench"))
+        .args(["--quick", "--rows", "7"])
+        .env("SD_BENCH_OUT", out_dir.path())
+        .output()
+        .expect("run the harness");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "harness failed: {stderr}");
+    let text = std::fs::read_to_string(out_dir.path().join("report.json")).expect("report.json");
+    let rows: Vec<serde_json::Value> = serde_json::from_str(&text).expect("valid JSON");
+    assert_eq!(rows.len(), 2, "failed requests and failure rate: {rows:?}");
+    let failed = &rows[0];
+    assert_eq!(failed["ours"]["unit"], "failed requests", "{failed}");
+    assert_eq!(
+        failed["ours"]["median"], 0.0,
+        "sd-launch --restart keeps the socket: no request may fail: {failed}"
+    );
+    assert!(
+        failed["baseline"]["median"].is_number(),
+        "the restart-by-rebind count is reported (not asserted): {failed}"
     );
 }

@@ -1,8 +1,10 @@
-//! One module per row of issue 7. Each returns table rows ([`crate::Row`]).
+//! One module per row of issue 7 (and row 7, restarts, of issue 8). Each returns table rows
+//! ([`crate::Row`]).
 
 pub mod launch;
 pub mod overhead;
 pub mod parallel;
 pub mod races;
 pub mod receiver;
+pub mod restarts;
 pub mod serving;
