@@ -7,9 +7,15 @@
 //! launcher may be a multi-threaded test process, where anything that takes a lock, such as
 //! `malloc`, can deadlock after `fork`).
 //!
+//! The child is started with `clone(CLONE_VM | CLONE_VFORK)` on Linux, as `posix_spawn` does
+//! (it shares our memory and we sleep until it has exec'd: no page-table copy, no
+//! copy-on-write faults in a big multi-threaded test process), and with `fork` when held at
+//! the gate or on other systems. The code below is the same for both.
+//!
 //! In the child, in order:
-//! 1. the signal mask is emptied and `SIGPIPE` reset to default (Rust ignores it; tokio and
-//!    supervisors block signals);
+//! 1. (vfork only: every inherited signal handler, which points into our memory, is reset to
+//!    the default while all signals are still blocked;) the signal mask is emptied and
+//!    `SIGPIPE` reset to default (Rust ignores it; tokio and supervisors block signals);
 //! 2. optionally, `PR_SET_PDEATHSIG` (Linux), re-checking that the parent is still alive;
 //! 3. `chdir`;
 //! 4. every source fd (stdio files, sockets, the status channel) is first duplicated above the
@@ -261,28 +267,20 @@ pub(crate) fn spawn(plan: &mut Plan) -> Result<(libc::pid_t, Option<Gate>), Erro
     // Scratch space for the child's fd moves: allocated here, written there.
     let mut high: Vec<RawFd> = vec![-1; plan.sockets.len() + 3];
 
-    // SAFETY: fork has no memory-safety preconditions; in the child we only call
-    // async-signal-safe functions on memory prepared above and never return.
-    let pid = unsafe { libc::fork() };
-    if pid < 0 {
-        return Err(os_err("fork", io::Error::last_os_error()));
-    }
-    if pid == 0 {
-        // SAFETY: we are the child of fork; `child` only uses async-signal-safe calls and
-        // the pointers prepared above, which stay valid (this is a copy of the parent's
-        // memory) until execve or _exit.
-        unsafe {
-            child(
-                plan,
-                &argv,
-                &envp,
-                pid_digits,
-                &mut high,
-                theirs.as_raw_fd(),
-                parent_pid,
-            )
-        }
-    }
+    let args = ChildArgs {
+        plan,
+        argv: &argv,
+        envp: &envp,
+        pid_digits,
+        high: &mut high,
+        err_fd: theirs.as_raw_fd(),
+        parent_pid,
+    };
+    #[cfg(target_os = "linux")]
+    let pid = if plan.gate { fork(args) } else { vfork(args) };
+    #[cfg(not(target_os = "linux"))]
+    let pid = fork(args);
+    let pid = pid.map_err(|e| os_err("fork", e))?;
     drop(theirs);
     let searched_path = plan.candidates.len() > 1 || !plan.program.contains('/');
     let report = read_report(&ours, &plan.program);
@@ -312,6 +310,133 @@ pub(crate) fn spawn(plan: &mut Plan) -> Result<(libc::pid_t, Option<Gate>), Erro
             ),
         ),
         Err(e) => fail(ours, e),
+    }
+}
+
+/// What the child needs, prepared before `fork`/`clone`.
+struct ChildArgs<'a> {
+    plan: &'a Plan,
+    argv: &'a [*const libc::c_char],
+    envp: &'a [*const libc::c_char],
+    pid_digits: *mut u8,
+    high: &'a mut [RawFd],
+    err_fd: RawFd,
+    parent_pid: libc::pid_t,
+}
+
+/// `fork`, then [`child`] in the child; returns the child's pid.
+fn fork(mut args: ChildArgs<'_>) -> io::Result<libc::pid_t> {
+    // SAFETY: fork has no memory-safety preconditions; in the child we only call
+    // async-signal-safe functions on memory prepared before (a copy of the parent's) and
+    // never return.
+    let pid = unsafe { libc::fork() };
+    if pid == 0 {
+        // SAFETY: we are the child of fork, and `args` was prepared for it.
+        unsafe { run_child(&mut args) }
+    }
+    if pid < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(pid)
+}
+
+/// The child's stack for [`vfork`]: far more than [`child`] needs, even unoptimised.
+#[cfg(target_os = "linux")]
+const CHILD_STACK: usize = 256 * 1024;
+
+/// Like `posix_spawn` does it: `clone(CLONE_VM | CLONE_VFORK)`, so the child shares our
+/// memory instead of copying our page tables, and we sleep until it has called `execve` or
+/// `_exit`. Much cheaper than `fork` in a big multi-threaded process (a test binary, a
+/// benchmark), where `fork` copies page tables and every thread then takes copy-on-write
+/// faults. Not usable with the gate: the child would wait for us while we wait for it.
+///
+/// The child runs on its own stack, with every signal blocked until it has reset the
+/// handlers it inherited (they point into our memory) to the default; it writes only the
+/// pid slot, the scratch array and (through the shared thread pointer) our `errno`.
+#[cfg(target_os = "linux")]
+fn vfork(mut args: ChildArgs<'_>) -> io::Result<libc::pid_t> {
+    extern "C" fn entry(arg: *mut libc::c_void) -> libc::c_int {
+        // SAFETY: `arg` is the `ChildArgs` that `vfork` passed to clone, alive and unused by
+        // the parent, which is suspended until we exec or exit.
+        let args = unsafe { &mut *arg.cast::<ChildArgs<'_>>() };
+        // SAFETY: signals are blocked; resetting dispositions is async-signal-safe.
+        unsafe { default_signal_handlers() };
+        // SAFETY: we are the vfork child and `args` was prepared for us.
+        unsafe { run_child(args) }
+    }
+    let mut stack = vec![0u8; CHILD_STACK];
+    // SAFETY: one past the end of the allocation; the stack grows down from there.
+    let top = unsafe { stack.as_mut_ptr().add(CHILD_STACK) };
+    let top = ((top as usize) & !15) as *mut libc::c_void;
+    // SAFETY: sigset_t is plain data, initialised by sigfillset before use.
+    let mut all: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    let mut old: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: sigfillset writes into our set; pthread_sigmask reads it and writes `old`.
+    unsafe {
+        libc::sigfillset(&mut all);
+        libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut old);
+    }
+    let arg = std::ptr::addr_of_mut!(args).cast::<libc::c_void>();
+    // SAFETY: `entry` never returns (it execs or _exits); `top` is the 16-byte aligned top of
+    // a stack we own that outlives the child's use of it (CLONE_VFORK suspends us until
+    // then); `arg` points to `args`, which we do not touch until the child is done with it.
+    let pid = unsafe {
+        libc::clone(
+            entry,
+            top,
+            libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
+            arg,
+        )
+    };
+    let result = if pid < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(pid)
+    };
+    // SAFETY: restores the mask saved above.
+    unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut()) };
+    drop(stack);
+    result
+}
+
+/// Reset every signal handler to the default, keeping ignored signals ignored (as `execve`
+/// would); used by the vfork child before it unblocks signals.
+///
+/// # Safety
+/// Call only in a child about to exec, with signals blocked.
+#[cfg(target_os = "linux")]
+unsafe fn default_signal_handlers() {
+    for sig in 1..libc::SIGRTMAX() {
+        // SAFETY: sigaction with a valid signal number reads into / writes from locals.
+        unsafe {
+            let mut current: libc::sigaction = std::mem::zeroed();
+            if libc::sigaction(sig, std::ptr::null(), &mut current) != 0 {
+                continue;
+            }
+            if current.sa_sigaction != libc::SIG_DFL && current.sa_sigaction != libc::SIG_IGN {
+                let mut default: libc::sigaction = std::mem::zeroed();
+                default.sa_sigaction = libc::SIG_DFL;
+                libc::sigaction(sig, &default, std::ptr::null_mut());
+            }
+        }
+    }
+}
+
+/// # Safety
+/// As [`child`].
+unsafe fn run_child(args: &mut ChildArgs<'_>) -> ! {
+    // SAFETY: forwarded from our caller.
+    unsafe {
+        child(
+            args.plan,
+            args.argv,
+            args.envp,
+            args.pid_digits,
+            args.high,
+            args.err_fd,
+            args.parent_pid,
+        )
     }
 }
 

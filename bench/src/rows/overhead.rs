@@ -91,7 +91,7 @@ pub fn run(config: &Config) -> io::Result<Vec<Row>> {
         baseline_name: "std::process::Command".into(),
         baseline: base,
         note: format!(
-            "sd_launch::Launch (fork) vs std (posix_spawn/vfork), in-process; {:+.3} ms; {} failures",
+            "sd_launch::Launch (clone CLONE_VM|CLONE_VFORK) vs std (posix_spawn), in-process; {:+.3} ms; {} failures",
             ours.median - base.median,
             errors.len()
         ),
