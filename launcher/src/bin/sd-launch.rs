@@ -319,8 +319,11 @@ fn run(args: Args) -> Result<i32, Error> {
         )));
     }
 
-    let mut daemon = if args.ready.is_some() {
-        // Ready first, then print: the daemon may have written already.
+    let mut daemon = if args.ready.is_some() || !foreground {
+        // With --ready: ready first, then print (the daemon may have written already).
+        // In the background the daemon's output goes to /dev/null or files, never to our
+        // stdout, so there is no order to keep and no reason to hold it: the cheaper
+        // spawn (vfork) it is. Either way nothing is printed if the program cannot start.
         let mut daemon = launch.spawn()?;
         if let Err(e) = print(daemon.pid(), daemon.sockets()) {
             let _ = daemon.kill();
@@ -328,8 +331,8 @@ fn run(args: Args) -> Result<i32, Error> {
         }
         daemon
     } else {
-        // The daemon may share our stdout (always in the foreground): hold it before exec
-        // until our output is out, so a caller reading the pipe gets the port first.
+        // In the foreground the daemon shares our stdout: hold it before exec until our
+        // output is out, so a caller reading the pipe gets the port first.
         let held = launch.spawn_held()?;
         if let Err(e) = print(held.pid(), held.sockets()) {
             drop(held); // never ran; reaped
