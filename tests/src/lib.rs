@@ -37,6 +37,20 @@ pub fn bin(name: &str) -> PathBuf {
     path
 }
 
+/// A loopback address with a port that was free a moment ago, for tools that cannot take
+/// port 0 (systemd-socket-activate) or for the self-binding baselines. It can be taken by
+/// someone else before it is used: that race is exactly what socket passing avoids, so
+/// callers retry.
+///
+/// ```
+/// let addr = sd_launch_tests::free_loopback_addr();
+/// assert!(addr.ip().is_loopback() && addr.port() != 0);
+/// ```
+pub fn free_loopback_addr() -> SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    listener.local_addr().expect("local_addr")
+}
+
 /// An HTTP response: status code and body.
 ///
 /// ```

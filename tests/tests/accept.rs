@@ -4,7 +4,7 @@
 
 use sd_launch_tests::{ChildGuard, Response, bin, get_tcp, tool, wait_gone};
 use std::io::{BufRead, BufReader};
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -137,12 +137,7 @@ fn demo_server_inetd_under_systemd_socket_activate_accept_inetd() {
     let demo = bin("demo-server");
     // systemd-socket-activate rejects port 0: pick a free port, retry if we lose a race.
     for _ in 0..5 {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+        let addr = sd_launch_tests::free_loopback_addr();
         let mut launcher = ChildGuard(
             Command::new(&ssa)
                 .args(["-l", &addr.to_string(), "-a", "--inetd"])

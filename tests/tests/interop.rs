@@ -4,7 +4,6 @@
 
 use sd_launch::Launch;
 use sd_launch_tests::{ChildGuard, Response, bin, get_tcp, get_unix, tool, wait_gone};
-use std::net::{SocketAddr, TcpListener};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -47,12 +46,7 @@ fn info(r: &Response) -> serde_json::Value {
 fn demo_server_under_systemd_socket_activate_tcp_with_fdname() {
     // systemd-socket-activate rejects port 0, so pick a free port and retry if we lose a race.
     for _ in 0..5 {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+        let addr = sd_launch_tests::free_loopback_addr();
         let Some(mut cmd) = ssa(&["-l", &addr.to_string(), "--fdname", "web"]) else {
             return;
         };

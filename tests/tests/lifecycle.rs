@@ -197,11 +197,7 @@ fn ten_restarts_under_load_fail_not_one_request() {
 /// their number (it depends on timing), only that the comparison ran.
 #[test]
 fn restart_by_rebinding_for_comparison() {
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
-    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+    let addr = sd_launch_tests::free_loopback_addr();
     let start = || {
         let child = Command::new(bin("demo-server"))
             .args(["--listen", &addr.to_string()])
