@@ -21,6 +21,9 @@ use crate::launch::{Launch, Prepared};
 use crate::launched::{Launched, LaunchedSocket};
 use crate::supervise::{self, BlockedSignals, FORWARDED, STOPPING};
 
+/// What runs while a daemon is held before exec (see [`Service::start_with`]).
+type BeforeExec<'a> = &'a mut dyn FnMut(u32, &[LaunchedSocket]) -> io::Result<()>;
+
 /// When [`supervise()`] starts the daemon again.
 ///
 /// ```
@@ -124,7 +127,7 @@ impl Service {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn start(&mut self) -> Result<u32, Error> {
-        self.start_with(|_, _| Ok(()))
+        self.start_daemon(None)
     }
 
     /// Like [`start`](Service::start), but `before_exec` runs while the new daemon is held
@@ -145,6 +148,13 @@ impl Service {
         &mut self,
         before_exec: impl FnOnce(u32, &[LaunchedSocket]) -> io::Result<()>,
     ) -> Result<u32, Error> {
+        let mut before_exec = Some(before_exec);
+        self.start_daemon(Some(&mut |pid, sockets| {
+            (before_exec.take().expect("called once"))(pid, sockets)
+        }))
+    }
+
+    fn start_daemon(&mut self, before_exec: Option<BeforeExec<'_>>) -> Result<u32, Error> {
         assert!(
             self.current.is_none(),
             "Service::start with a daemon running"
@@ -170,7 +180,7 @@ impl Service {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn restart(&mut self, stop_timeout: Duration) -> Result<u32, Error> {
-        let new = self.spawn(|_, _| Ok(()))?;
+        let new = self.spawn(None)?;
         let pid = new.pid();
         if let Some(old) = self.current.replace(new) {
             self.stop_old(old, stop_timeout);
@@ -212,25 +222,25 @@ impl Service {
         self.draining.push((old, Instant::now() + stop_timeout));
     }
 
-    fn spawn(
-        &mut self,
-        before_exec: impl FnOnce(u32, &[LaunchedSocket]) -> io::Result<()>,
-    ) -> Result<Launched, Error> {
-        let (pid, gate) = self.prepared.spawn_child(true)?;
+    /// Start one daemon on the sockets; held before exec (a `fork`) only when `before_exec`
+    /// must run first, else spawned directly (a vfork).
+    fn spawn(&mut self, before_exec: Option<BeforeExec<'_>>) -> Result<Launched, Error> {
+        let (pid, gate) = self.prepared.spawn_child(before_exec.is_some())?;
         let mut daemon = self.prepared.child(pid);
-        let gate = gate.expect("a gated spawn returns its gate");
-        if let Err(source) = before_exec(daemon.pid(), self.sockets()) {
-            drop(gate); // the child exits without running the program
-            let _ = daemon.wait();
-            return Err(Error::Spawn {
-                program: daemon.program().to_owned(),
-                step: "the launcher's output before starting",
-                source,
-            });
-        }
-        if let Err(e) = gate.release() {
-            let _ = daemon.wait();
-            return Err(e);
+        if let (Some(before_exec), Some(gate)) = (before_exec, gate) {
+            if let Err(source) = before_exec(daemon.pid(), self.sockets()) {
+                drop(gate); // the child exits without running the program
+                let _ = daemon.wait();
+                return Err(Error::Spawn {
+                    program: daemon.program().to_owned(),
+                    step: "the launcher's output before starting",
+                    source,
+                });
+            }
+            if let Err(e) = gate.release() {
+                let _ = daemon.wait();
+                return Err(e);
+            }
         }
         if let (Some(timeout), Some(notify)) = (self.prepared.ready, &self.prepared.notify) {
             if let Err(e) = notify.wait_ready(&mut daemon, timeout) {
