@@ -13,9 +13,10 @@
 //! the gate or on other systems. The code below is the same for both.
 //!
 //! In the child, in order:
-//! 1. (vfork only: every inherited signal handler, which points into our memory, is reset to
-//!    the default while all signals are still blocked;) the signal mask is emptied and
-//!    `SIGPIPE` reset to default (Rust ignores it; tokio and supervisors block signals);
+//! 1. every signal disposition is reset to the default, ignored ones included, as systemd does
+//!    (Rust ignores `SIGPIPE`, `nohup` ignores `SIGHUP`; in the vfork child our handlers must
+//!    not run at all: signals stay blocked until then), and the signal mask is emptied (tokio
+//!    and supervisors block signals);
 //! 2. optionally, `PR_SET_PDEATHSIG` (Linux), re-checking that the parent is still alive;
 //! 3. `chdir`;
 //! 4. every source fd (stdio files, sockets, the status channel) is first duplicated above the
@@ -359,8 +360,6 @@ fn vfork(mut args: ChildArgs<'_>) -> io::Result<libc::pid_t> {
         // SAFETY: `arg` is the `ChildArgs` that `vfork` passed to clone, alive and unused by
         // the parent, which is suspended until we exec or exit.
         let args = unsafe { &mut *arg.cast::<ChildArgs<'_>>() };
-        // SAFETY: signals are blocked; resetting dispositions is async-signal-safe.
-        unsafe { default_signal_handlers() };
         // SAFETY: we are the vfork child and `args` was prepared for us.
         unsafe { run_child(args) }
     }
@@ -400,21 +399,30 @@ fn vfork(mut args: ChildArgs<'_>) -> io::Result<libc::pid_t> {
     result
 }
 
-/// Reset every signal handler to the default, keeping ignored signals ignored (as `execve`
-/// would); used by the vfork child before it unblocks signals.
+/// Reset every signal disposition to the default, handlers and ignored signals alike, as
+/// systemd does for its services: a daemon starts with a clean signal state whatever its
+/// launcher inherited (under `nohup`, SIGHUP would stay ignored, and a shell cannot even
+/// `trap` a signal that was ignored when it started; a forwarded SIGHUP would be lost).
+/// In the vfork child this also keeps our handlers, which point into our memory, from ever
+/// running there.
 ///
 /// # Safety
-/// Call only in a child about to exec, with signals blocked.
-#[cfg(target_os = "linux")]
+/// Call only in a child about to exec, with signals blocked or no handler of ours able to
+/// misbehave in a copy of our memory (fork).
 unsafe fn default_signal_handlers() {
-    for sig in 1..libc::SIGRTMAX() {
-        // SAFETY: sigaction with a valid signal number reads into / writes from locals.
+    #[cfg(target_os = "linux")]
+    let last = libc::SIGRTMAX();
+    #[cfg(not(target_os = "linux"))]
+    let last = 32;
+    for sig in 1..=last {
+        // SAFETY: sigaction with a signal number reads into / writes from locals; invalid
+        // numbers (SIGKILL, SIGSTOP, gaps) fail harmlessly.
         unsafe {
             let mut current: libc::sigaction = std::mem::zeroed();
             if libc::sigaction(sig, std::ptr::null(), &mut current) != 0 {
                 continue;
             }
-            if current.sa_sigaction != libc::SIG_DFL && current.sa_sigaction != libc::SIG_IGN {
+            if current.sa_sigaction != libc::SIG_DFL {
                 let mut default: libc::sigaction = std::mem::zeroed();
                 default.sa_sigaction = libc::SIG_DFL;
                 libc::sigaction(sig, &default, std::ptr::null_mut());
@@ -536,7 +544,7 @@ unsafe fn child(
     err_fd: RawFd,
     parent_pid: libc::pid_t,
 ) -> ! {
-    // SAFETY: only async-signal-safe libc calls (sigemptyset, pthread_sigmask, signal,
+    // SAFETY: only async-signal-safe libc calls (sigaction, sigemptyset, pthread_sigmask,
     // prctl, getppid, chdir, fcntl, dup2, close, syscall(close_range), getpid, execve, write,
     // _exit) on memory prepared before fork; no allocation, no locks.
     unsafe {
@@ -555,10 +563,10 @@ unsafe fn child(
             libc::_exit(127)
         };
 
+        default_signal_handlers();
         let mut set: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut set);
         libc::pthread_sigmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
-        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
 
         #[cfg(any(target_os = "linux", target_os = "android"))]
         if let Some(sig) = plan.parent_death_signal {

@@ -582,3 +582,50 @@ fn rust_log_debug_shows_the_spawn_and_the_default_is_quiet() {
         "{err}"
     );
 }
+
+#[test]
+fn the_daemon_starts_with_default_signal_dispositions_even_under_nohup() {
+    // sd-launch started with SIGHUP and SIGUSR1 ignored (as `nohup` and some CI runners do):
+    // the daemon must still see them at their defaults, or it could not even trap them.
+    let script = "grep -E '^Sig(Ign|Blk):' /proc/$$/status";
+    let out = sd_launch(&["--foreground", "--", "sh", "-c", script])
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::piped())
+        .spawn_with_ignored(&[libc::SIGHUP, libc::SIGUSR1]);
+    let text = text(&out.stdout);
+    // dash itself ignores nothing it did not inherit; SIGHUP is bit 0, SIGUSR1 bit 9.
+    let ign = text
+        .lines()
+        .find_map(|l| l.strip_prefix("SigIgn:"))
+        .map(|v| u64::from_str_radix(v.trim(), 16).unwrap())
+        .expect("SigIgn line");
+    assert_eq!(ign & (1 << 0 | 1 << 9), 0, "{text}");
+    let blk = text
+        .lines()
+        .find_map(|l| l.strip_prefix("SigBlk:"))
+        .map(|v| u64::from_str_radix(v.trim(), 16).unwrap())
+        .unwrap();
+    assert_eq!(blk, 0, "{text}");
+}
+
+/// Run a command with some signals ignored in it (set between fork and exec).
+trait SpawnWithIgnored {
+    fn spawn_with_ignored(&mut self, signals: &[libc::c_int]) -> Output;
+}
+
+impl SpawnWithIgnored for Command {
+    fn spawn_with_ignored(&mut self, signals: &[libc::c_int]) -> Output {
+        use std::os::unix::process::CommandExt;
+        let signals = signals.to_vec();
+        // SAFETY: signal() is async-signal-safe; the closure allocates nothing.
+        unsafe {
+            self.pre_exec(move || {
+                for sig in &signals {
+                    libc::signal(*sig, libc::SIG_IGN);
+                }
+                Ok(())
+            });
+        }
+        self.output().unwrap()
+    }
+}
