@@ -587,13 +587,21 @@ fn rust_log_debug_shows_the_spawn_and_the_default_is_quiet() {
 fn the_daemon_starts_with_default_signal_dispositions_even_under_nohup() {
     // sd-launch started with SIGHUP and SIGUSR1 ignored (as `nohup` and some CI runners do):
     // the daemon must still see them at their defaults, or it could not even trap them.
-    let script = "grep -E '^Sig(Ign|Blk):' /proc/$$/status";
-    let out = sd_launch(&["--foreground", "--", "sh", "-c", script])
-        .env_remove("RUST_LOG")
-        .stdout(Stdio::piped())
-        .spawn_with_ignored(&[libc::SIGHUP, libc::SIGUSR1]);
+    // grep is the daemon itself: what it reads of itself is what sd-launch passed on (a
+    // shell would block signals of its own while it waits for a child).
+    let out = sd_launch(&[
+        "--foreground",
+        "--",
+        "grep",
+        "-E",
+        "^Sig(Ign|Blk):",
+        "/proc/self/status",
+    ])
+    .env_remove("RUST_LOG")
+    .stdout(Stdio::piped())
+    .spawn_with_ignored(&[libc::SIGHUP, libc::SIGUSR1]);
     let text = text(&out.stdout);
-    // dash itself ignores nothing it did not inherit; SIGHUP is bit 0, SIGUSR1 bit 9.
+    // SIGHUP is bit 0, SIGUSR1 bit 9.
     let ign = text
         .lines()
         .find_map(|l| l.strip_prefix("SigIgn:"))
