@@ -11,7 +11,7 @@ use std::fs;
 use std::net::{TcpListener, TcpStream};
 use std::os::unix::net::UnixListener;
 use std::os::unix::process::CommandExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
 const SD_LAUNCH: &str = env!("CARGO_BIN_EXE_sd-launch");
@@ -44,7 +44,11 @@ impl Scratch {
     }
     /// `sd-launch ARGS -- touch MARKER`.
     fn command(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new(SD_LAUNCH);
+        self.command_of(Path::new(SD_LAUNCH), args)
+    }
+    /// Like `command`, with another copy of the sd-launch binary.
+    fn command_of(&self, binary: &Path, args: &[&str]) -> Command {
+        let mut cmd = Command::new(binary);
         cmd.args(args)
             .arg("--")
             .arg("touch")
@@ -154,7 +158,11 @@ fn a_privileged_port_without_rights_is_refused_with_a_hint() {
     )
     .unwrap();
     let addr = format!("127.0.0.1:{port}");
-    let mut cmd = s.command(&["-l", &addr]);
+    // The built binary may sit below a directory only we can enter (a checkout in a private
+    // temporary directory): give nobody a copy it can run.
+    let binary = s.path("sd-launch");
+    fs::copy(SD_LAUNCH, &binary).unwrap();
+    let mut cmd = s.command_of(&binary, &["-l", &addr]);
     // Drop to nobody between fork and exec, as `setpriv --reuid=65534 --regid=65534
     // --clear-groups` would (setgroups before setgid before setuid).
     // SAFETY: setgroups, setgid and setuid are async-signal-safe system calls.
