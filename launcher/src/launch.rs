@@ -749,16 +749,8 @@ fn wait_ready(mut launched: Launched, timeout: Option<Duration>) -> Result<Launc
     let (Some(timeout), Some(notify)) = (timeout, launched.take_notify()) else {
         return Ok(launched);
     };
-    let result = notify.wait_ready(&mut launched, timeout);
-    let launched = launched.with_notify(Some(notify));
-    match result {
-        Ok(()) => Ok(launched),
-        Err(e) => {
-            let mut launched = launched;
-            let _ = launched.kill();
-            Err(e)
-        }
-    }
+    notify.wait_ready(&mut launched, timeout)?;
+    Ok(launched.with_notify(Some(notify)))
 }
 
 /// A readable handle on `fd` if it is a regular file (to read the daemon's stderr tail

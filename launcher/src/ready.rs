@@ -58,9 +58,17 @@ impl NotifySocket {
     }
 
     /// Wait until `daemon` (or a descendant) sends `READY=1`. Fails when the daemon exits
-    /// first (with its status and stderr tail) or when `timeout` passes; the daemon is left
-    /// as it is, the caller decides what to do with it.
+    /// first (with its status and stderr tail) or when `timeout` passes; either way the
+    /// daemon is then killed (if still running) and reaped.
     pub(crate) fn wait_ready(&self, daemon: &mut Launched, timeout: Duration) -> Result<(), Error> {
+        let result = self.wait_for_ready(daemon, timeout);
+        if result.is_err() {
+            let _ = daemon.kill();
+        }
+        result
+    }
+
+    fn wait_for_ready(&self, daemon: &mut Launched, timeout: Duration) -> Result<(), Error> {
         let deadline = Instant::now() + timeout;
         let program = daemon.program().to_owned();
         let io_err = |source| Error::Spawn {

@@ -243,10 +243,7 @@ impl Service {
             }
         }
         if let (Some(timeout), Some(notify)) = (self.prepared.ready, &self.prepared.notify) {
-            if let Err(e) = notify.wait_ready(&mut daemon, timeout) {
-                let _ = daemon.kill();
-                return Err(e);
-            }
+            notify.wait_ready(&mut daemon, timeout)?;
         }
         Ok(daemon)
     }
@@ -314,13 +311,7 @@ pub fn supervise(
             backoff = (backoff * 2).min(MAX_BACKOFF);
         } else if let Some(daemon) = service.current.as_mut() {
             if stop_at.is_some_and(|t| t.elapsed() >= stop_timeout) {
-                tracing::warn!(
-                    "{} (pid {}) still running {stop_timeout:?} after the stop signal: \
-                     sending SIGKILL",
-                    daemon.program(),
-                    daemon.pid()
-                );
-                let status = daemon.kill()?;
+                let status = supervise::kill_after_stop_timeout(daemon, stop_timeout)?;
                 service.current = None;
                 service.stop_all(stop_timeout);
                 return Ok(status);

@@ -103,13 +103,7 @@ impl BlockedSignals {
                 return Ok(status);
             }
             if kill_at.is_some_and(|t| Instant::now() >= t) {
-                tracing::warn!(
-                    "{} (pid {}) still running {stop_timeout:?} after the stop signal: \
-                     sending SIGKILL",
-                    daemon.program(),
-                    daemon.pid()
-                );
-                return daemon.kill();
+                return kill_after_stop_timeout(daemon, stop_timeout);
             }
             let wait = kill_at.map_or(TICK, |t| {
                 t.saturating_duration_since(Instant::now()).min(TICK)
@@ -155,6 +149,19 @@ pub(crate) const STOPPING: [i32; 3] = [libc::SIGTERM, libc::SIGINT, libc::SIGQUI
 /// assert_eq!(sd_launch::supervise::DEFAULT_STOP_TIMEOUT.as_secs(), 10);
 /// ```
 pub const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The escalation at the end of a stop timeout: say so, `SIGKILL`, reap.
+pub(crate) fn kill_after_stop_timeout(
+    daemon: &mut Launched,
+    stop_timeout: Duration,
+) -> io::Result<ExitStatus> {
+    tracing::warn!(
+        "{} (pid {}) still running {stop_timeout:?} after the stop signal: sending SIGKILL",
+        daemon.program(),
+        daemon.pid()
+    );
+    daemon.kill()
+}
 
 /// Send `sig` to `daemon`; a daemon that has just exited (ESRCH) is not an error.
 pub(crate) fn forward(daemon: &Launched, sig: i32) -> io::Result<()> {

@@ -229,6 +229,13 @@ where
     }
 }
 
+impl Args {
+    /// Whether sd-launch stays in the foreground (`--restart` implies it).
+    fn stays(&self) -> bool {
+        self.foreground || self.restart.is_some()
+    }
+}
+
 fn parse_seconds(s: &str) -> Result<Duration, String> {
     s.parse::<f64>()
         .ok()
@@ -261,7 +268,7 @@ fn run(args: Args) -> Result<i32, Error> {
         return accept_main(args);
     }
     let launch = build(&args)?;
-    let foreground = args.foreground || args.restart.is_some();
+    let foreground = args.stays();
     let blocked = if foreground {
         Some(supervise::block_signals().map_err(|source| Error::Spawn {
             program: "sd-launch".into(),
@@ -401,7 +408,7 @@ fn build(args: &Args) -> Result<Launch, Error> {
     launch = launch.socket_mode(args.socket_mode).no_pid(args.no_pid);
     launch = setenv(launch, args);
     launch = stdio(launch, args)?;
-    if args.foreground || args.restart.is_some() {
+    if args.stays() {
         launch = launch.parent_death_signal(libc::SIGKILL);
     } else {
         launch = launch.kill_on_drop(true);
@@ -436,7 +443,7 @@ fn setenv(mut launch: Launch, args: &Args) -> Launch {
 
 fn stdio(mut launch: Launch, args: &Args) -> Result<Launch, Error> {
     let default = |fg: bool| if fg { Stdio::inherit() } else { Stdio::null() };
-    let foreground = args.foreground || args.restart.is_some();
+    let foreground = args.stays();
     launch = launch.stdin(default(foreground));
     if let Some(path) = &args.outfile {
         let file = open_out(path, "stdout and stderr")?;
