@@ -51,6 +51,14 @@ pub enum Error {
         /// The offending value.
         value: String,
     },
+    /// An environment variable name is empty or contains `=`, so it cannot be passed.
+    #[error(
+        "invalid environment variable name {name:?}: a name must be non-empty and contain no '='"
+    )]
+    EnvName {
+        /// The name as given.
+        name: String,
+    },
     /// Creating, binding or listening on a socket failed.
     #[error("cannot {action} {address}: {source}{hint}")]
     Socket {
@@ -87,7 +95,25 @@ pub enum Error {
         /// The errno from `execve`.
         source: io::Error,
     },
-    /// Starting the child failed before `execve` (fork, chdir, stdio, ...).
+    /// An OS call of the launcher itself failed (creating the notification socket, blocking
+    /// signals, waiting for the daemon, ...), with what it was doing.
+    #[error("cannot {context}: {source}")]
+    Os {
+        /// What the launcher was doing, e.g. "create the notification socket".
+        context: &'static str,
+        /// The OS error.
+        source: io::Error,
+    },
+    /// The caller's code that runs while the daemon is held before `execve`
+    /// ([`Launch::spawn_with`](crate::Launch::spawn_with)) failed: the daemon never ran.
+    #[error("{program} was not started: {source}")]
+    BeforeExec {
+        /// The program as given.
+        program: String,
+        /// The caller's error (for `sd-launch`, writing its output).
+        source: io::Error,
+    },
+    /// Starting the child failed before `execve` (fork, dup2, chdir in the child, ...).
     #[error("cannot start {program}: {step} failed: {source}")]
     Spawn {
         /// The program as given.
@@ -120,6 +146,15 @@ pub enum Error {
         program: String,
         /// How long we waited.
         timeout: std::time::Duration,
+    },
+    /// A stop signal (SIGTERM, SIGINT, SIGQUIT) came while we waited for the daemon to be
+    /// ready; the daemon was stopped (exit code 128 + the signal, as a shell reports it).
+    #[error("interrupted by signal {signal} while waiting for {program} to be ready; stopped it")]
+    Interrupted {
+        /// The program as given.
+        program: String,
+        /// The signal.
+        signal: i32,
     },
     /// Options that cannot be combined.
     #[error("{0}")]
@@ -159,13 +194,14 @@ impl Error {
     ///
     /// | code | meaning |
     /// | --- | --- |
-    /// | 2 | invalid command line: address, fd name, name count, NUL byte, conflicting options |
+    /// | 2 | invalid command line: address, fd name, name count, NUL byte, environment name, conflicting options |
     /// | 3 | a socket could not be created, bound or listened on, or its path is taken |
-    /// | 4 | the daemon could not be started (fork, chdir, stdio files) |
+    /// | 4 | the daemon could not be started or supervised (fork, chdir, stdio files, an OS call, the output could not be written) |
     /// | 5 | the daemon exited before it was ready (`--ready`) |
     /// | 6 | the daemon did not become ready in time (`--ready=TIMEOUT`) |
     /// | 126 | the program is not executable |
     /// | 127 | the program was not found |
+    /// | 128+N | signal N stopped sd-launch while it waited for the daemon to be ready |
     ///
     /// ```
     /// let err = sd_launch::Error::NameCount { names: 1, sockets: 2 };
@@ -177,13 +213,18 @@ impl Error {
             | Error::FdName { .. }
             | Error::NameCount { .. }
             | Error::Nul { .. }
+            | Error::EnvName { .. }
             | Error::Conflict(_) => 2,
             Error::Socket { .. } | Error::PathInUse { .. } => 3,
-            Error::Spawn { .. } | Error::Stdio { .. } => 4,
+            Error::Spawn { .. }
+            | Error::Os { .. }
+            | Error::Stdio { .. }
+            | Error::BeforeExec { .. } => 4,
             Error::Exited { .. } => 5,
             Error::ReadyTimeout { .. } => 6,
             Error::NotExecutable { .. } => 126,
             Error::NotFound { .. } => 127,
+            Error::Interrupted { signal, .. } => 128 + signal,
         }
     }
 }

@@ -4,26 +4,22 @@
 use std::collections::BTreeMap;
 use std::ffi::{OsStr, OsString};
 use std::fs::File;
+use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::error::Error;
-use crate::launched::{Launched, LaunchedSocket};
-use crate::ready::{NOTIFY_SOCKET, NotifySocket};
-use crate::socket::{self, CreatedPath, DEFAULT_BACKLOG, DEFAULT_UNIX_MODE};
-use crate::spawn::{self, Gate, Plan};
-use crate::spec::{Address, SocketSpec};
+use crate::launched::Launched;
+use crate::process::{Child, Gate, Plan};
+use crate::sockets::{CreatedPath, LaunchedSocket, SocketSet, SocketSpec};
+use crate::supervisor::Signals;
+use crate::supervisor::notify::{NOTIFY_SOCKET, NotifySocket};
 
-/// Variables of the protocol that a launcher sets itself: never inherited from our own
-/// environment (that would hand the daemon a stale or foreign announcement).
-pub const PROTOCOL_VARIABLES: [&str; 5] = [
-    "LISTEN_PID",
-    "LISTEN_PIDFDID",
-    "LISTEN_FDS",
-    "LISTEN_FDNAMES",
-    "LISTEN_FDS_FIRST_FD",
-];
+/// Variables of the protocol that a launcher sets itself (listenfd-core's list): never
+/// inherited from our own environment, which would hand the daemon a stale or foreign
+/// announcement.
+const PROTOCOL_VARIABLES: [&str; 5] = listenfd_core::env::VARIABLES;
 
 /// Where one of the daemon's standard streams goes.
 ///
@@ -74,13 +70,6 @@ impl From<File> for Stdio {
     }
 }
 
-#[derive(Debug)]
-enum Pending {
-    Spec(SocketSpec),
-    Parse(String),
-    Fd { fd: OwnedFd, name: Option<String> },
-}
-
 /// Builds and starts a socket-activated daemon: creates the sockets, starts the program with
 /// them at fds 3, 4, ... and `LISTEN_FDS`, `LISTEN_PID` (the child's own pid) and, when names
 /// are given, `LISTEN_FDNAMES`.
@@ -112,14 +101,14 @@ pub struct Launch {
     env_clear: bool,
     cwd: Option<PathBuf>,
     stdio: [Stdio; 3],
-    sockets: Vec<Pending>,
-    backlog: i32,
-    socket_mode: u32,
+    sockets: SocketSet,
     with_pid: bool,
     kill_on_drop: bool,
     parent_death_signal: Option<i32>,
+    process_group: bool,
     inetd: Option<OwnedFd>,
     ready: Option<Duration>,
+    signals: Option<Signals>,
 }
 
 impl Launch {
@@ -137,14 +126,14 @@ impl Launch {
             env_clear: false,
             cwd: None,
             stdio: [Stdio::inherit(), Stdio::inherit(), Stdio::inherit()],
-            sockets: Vec::new(),
-            backlog: DEFAULT_BACKLOG,
-            socket_mode: DEFAULT_UNIX_MODE,
+            sockets: SocketSet::new(),
             with_pid: true,
             kill_on_drop: true,
             parent_death_signal: None,
+            process_group: true,
             inetd: None,
             ready: None,
+            signals: None,
         }
     }
 
@@ -265,7 +254,7 @@ impl Launch {
     /// # let _ = launch;
     /// ```
     pub fn listen(mut self, spec: SocketSpec) -> Launch {
-        self.sockets.push(Pending::Spec(spec));
+        self.sockets.listen(spec);
         self
     }
 
@@ -281,7 +270,7 @@ impl Launch {
     /// # Ok::<(), std::io::Error>(())
     /// ```
     pub fn listen_on(mut self, address: &str) -> Launch {
-        self.sockets.push(Pending::Parse(address.to_owned()));
+        self.sockets.listen_on(address);
         self
     }
 
@@ -294,10 +283,7 @@ impl Launch {
     /// # Ok::<(), std::io::Error>(())
     /// ```
     pub fn fd(mut self, fd: impl Into<OwnedFd>) -> Launch {
-        self.sockets.push(Pending::Fd {
-            fd: fd.into(),
-            name: None,
-        });
+        self.sockets.fd(fd.into(), None);
         self
     }
 
@@ -310,22 +296,19 @@ impl Launch {
     /// # Ok::<(), std::io::Error>(())
     /// ```
     pub fn named_fd(mut self, name: impl Into<String>, fd: impl Into<OwnedFd>) -> Launch {
-        self.sockets.push(Pending::Fd {
-            fd: fd.into(),
-            name: Some(name.into()),
-        });
+        self.sockets.fd(fd.into(), Some(name.into()));
         self
     }
 
     /// Listen backlog for stream sockets (default: the kernel's maximum,
-    /// [`socket::DEFAULT_BACKLOG`]).
+    /// [`sockets::DEFAULT_BACKLOG`](crate::sockets::DEFAULT_BACKLOG)).
     ///
     /// ```
     /// let launch = sd_launch::Launch::new("my-daemon").backlog(128);
     /// # let _ = launch;
     /// ```
     pub fn backlog(mut self, backlog: i32) -> Launch {
-        self.backlog = backlog;
+        self.sockets.backlog(backlog);
         self
     }
 
@@ -336,7 +319,7 @@ impl Launch {
     /// # let _ = launch;
     /// ```
     pub fn socket_mode(mut self, mode: u32) -> Launch {
-        self.socket_mode = mode;
+        self.sockets.socket_mode(mode);
         self
     }
 
@@ -378,6 +361,20 @@ impl Launch {
     /// ```
     pub fn parent_death_signal(mut self, signal: i32) -> Launch {
         self.parent_death_signal = Some(signal);
+        self
+    }
+
+    /// Start the daemon as the leader of a process group of its own (default `true`).
+    /// Stopping it (drop, kill, a stop timeout) then stops every process it started, and a
+    /// signal to our own process group (a terminal's Ctrl-C) does not reach it a second time
+    /// when `sd-launch` forwards it. With `false` the daemon stays in our group.
+    ///
+    /// ```
+    /// let launch = sd_launch::Launch::new("my-daemon").process_group(false);
+    /// # let _ = launch;
+    /// ```
+    pub fn process_group(mut self, own: bool) -> Launch {
+        self.process_group = own;
         self
     }
 
@@ -437,6 +434,22 @@ impl Launch {
         self
     }
 
+    /// With [`ready`](Launch::ready): let a stop signal among `signals` (SIGTERM, SIGINT,
+    /// SIGQUIT) end the wait at once, stopping the daemon ([`Error::Interrupted`]); the other
+    /// signals of the set are forwarded to the daemon meanwhile. This is what `sd-launch
+    /// --ready` does, so that a stop never waits for the readiness timeout.
+    ///
+    /// ```
+    /// let signals = sd_launch::supervisor::Signals::block()?;
+    /// let launch = sd_launch::Launch::new("my-daemon").stop_on(&signals)?;
+    /// # let _ = launch;
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn stop_on(mut self, signals: &Signals) -> io::Result<Launch> {
+        self.signals = Some(signals.try_clone()?);
+        Ok(self)
+    }
+
     /// Create the sockets and start the daemon. Returns once the program has been executed
     /// (its `execve` succeeded); nothing has been printed, and on error nothing is left
     /// running or created.
@@ -446,9 +459,59 @@ impl Launch {
     /// assert_eq!(err.exit_code(), 127);
     /// ```
     pub fn spawn(self) -> Result<Launched, Error> {
-        let ready = self.ready;
         let (launched, _) = self.start(false)?;
-        wait_ready(launched, ready)
+        launched.wait_ready()
+    }
+
+    /// Like [`spawn`](Launch::spawn), but `before_exec` runs while the daemon is held just
+    /// before `execve` (its pid and sockets known, its program not running yet). This is how
+    /// `sd-launch --foreground` prints the port before the daemon can write to the same
+    /// stdout. If `before_exec` fails, the daemon never runs ([`Error::BeforeExec`]).
+    ///
+    /// ```
+    /// let mut daemon = sd_launch::Launch::new("true").spawn_with(|pid, sockets| {
+    ///     println!("LAUNCHED_PID={pid} LAUNCHED_PORT={}", sockets[0].fd);
+    ///     Ok(())
+    /// })?;
+    /// assert!(daemon.wait()?.success());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn spawn_with(
+        self,
+        before_exec: impl FnOnce(u32, &[LaunchedSocket]) -> io::Result<()>,
+    ) -> Result<Launched, Error> {
+        let held = self.spawn_held()?;
+        if let Err(source) = before_exec(held.pid(), held.sockets()) {
+            let program = held.launched().program().to_owned();
+            drop(held); // never ran; reaped
+            return Err(Error::BeforeExec { program, source });
+        }
+        held.release()
+    }
+
+    /// Check that the program can be found and executed, as [`spawn`](Launch::spawn) would
+    /// look it up (`PATH` unless it contains a `/`), without starting anything; returns its
+    /// path.
+    ///
+    /// ```
+    /// let path = sd_launch::Launch::new("sh").find_program()?;
+    /// assert!(path.is_absolute());
+    /// let err = sd_launch::Launch::new("no-such-program-anywhere").find_program().unwrap_err();
+    /// assert_eq!(err.exit_code(), 127);
+    /// # Ok::<(), sd_launch::Error>(())
+    /// ```
+    pub fn find_program(&self) -> Result<PathBuf, Error> {
+        let path = self.env.get(OsStr::new("PATH")).map_or_else(
+            || {
+                if self.env_clear {
+                    None
+                } else {
+                    std::env::var_os("PATH")
+                }
+            },
+            Clone::clone,
+        );
+        crate::process::find_program(&self.program, path.as_deref())
     }
 
     /// Like [`spawn`](Launch::spawn), but the daemon is held just before `execve` until
@@ -465,19 +528,17 @@ impl Launch {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn spawn_held(self) -> Result<Held, Error> {
-        let ready = self.ready;
         let (launched, gate) = self.start(true)?;
         Ok(Held {
             launched: Some(launched),
             gate: Some(gate.expect("a gated spawn returns its gate")),
-            ready,
         })
     }
 
     fn start(self, gate: bool) -> Result<(Launched, Option<Gate>), Error> {
         let mut prepared = self.prepare()?;
-        let (pid, gate) = prepared.spawn_child(gate)?;
-        Ok((prepared.into_launched(pid), gate))
+        let (child, gate) = prepared.spawn_child(gate)?;
+        Ok((prepared.into_launched(child), gate))
     }
 
     /// Bind the sockets and build the spawn plan; nothing runs yet.
@@ -488,17 +549,17 @@ impl Launch {
             env,
             env_clear,
             cwd,
-            stdio,
-            mut sockets,
-            backlog,
-            socket_mode,
+            mut stdio,
+            sockets,
             with_pid,
             kill_on_drop,
             parent_death_signal,
+            process_group,
             inetd,
             ready,
+            signals,
         } = self;
-        let mut stdio = stdio;
+        let announce = inetd.is_none();
         if let Some(conn) = inetd {
             if !sockets.is_empty() {
                 return Err(Error::Conflict(
@@ -506,70 +567,54 @@ impl Launch {
                      drop the listen/fd sockets or the inetd connection",
                 ));
             }
-            let copy = conn.try_clone().map_err(|source| Error::Spawn {
-                program: program.to_string_lossy().into_owned(),
-                step: "duplicating the inetd connection",
+            let copy = conn.try_clone().map_err(|source| Error::Os {
+                context: "duplicate the inetd connection",
                 source,
             })?;
             stdio[0] = Stdio(StdioKind::Fd(copy));
             stdio[1] = Stdio(StdioKind::Fd(conn));
-        } else if sockets.is_empty() {
-            sockets.push(Pending::Spec(SocketSpec::loopback()));
         }
-        let announce = !sockets.is_empty();
+        let bound = if announce {
+            Some(sockets.bind()?)
+        } else {
+            None
+        };
 
-        let mut fds: Vec<OwnedFd> = Vec::with_capacity(sockets.len());
-        let mut described = Vec::with_capacity(sockets.len());
-        let mut created: Vec<CreatedPath> = Vec::new();
-        for pending in sockets {
-            let (fd, described_one) = match pending {
-                Pending::Fd { fd, name } => {
-                    let (kind, address) = describe_fd(&fd);
-                    (fd, (name, kind, address))
-                }
-                Pending::Spec(spec) => bind(&spec, backlog, socket_mode, &mut created)?,
-                Pending::Parse(s) => bind(&s.parse()?, backlog, socket_mode, &mut created)?,
-            };
-            described.push(described_one);
-            fds.push(fd);
-        }
-
-        let names = names(&described)?;
         let mut vars: Vec<(OsString, OsString)> = if env_clear {
             Vec::new()
         } else {
             std::env::vars_os().collect()
         };
-        vars.retain(|(k, _)| {
-            !env.contains_key(k) && !PROTOCOL_VARIABLES.iter().any(|p| OsStr::new(p) == k)
-        });
+        let ours = |k: &OsString| PROTOCOL_VARIABLES.iter().any(|p| OsStr::new(p) == k);
+        vars.retain(|(k, _)| !env.contains_key(k) && !ours(k));
         vars.extend(
             env.into_iter()
-                .filter(|(k, _)| !PROTOCOL_VARIABLES.iter().any(|p| OsStr::new(p) == k))
+                .filter(|(k, _)| !ours(k))
                 .filter_map(|(k, v)| v.map(|v| (k, v))),
         );
-        if announce {
-            vars.push(("LISTEN_FDS".into(), fds.len().to_string().into()));
-        }
-        if let Some(names) = names {
-            vars.push(("LISTEN_FDNAMES".into(), names.into()));
+        if let Some(bound) = &bound {
+            vars.push((
+                "LISTEN_FDS".into(),
+                bound.sockets().len().to_string().into(),
+            ));
+            if let Some(names) = bound.names() {
+                vars.push(("LISTEN_FDNAMES".into(), names.into()));
+            }
         }
         let notify = match ready {
             Some(_) => {
-                let socket = NotifySocket::new().map_err(|source| Error::Spawn {
-                    program: program.to_string_lossy().into_owned(),
-                    step: "creating the notification socket",
+                let socket = NotifySocket::new().map_err(|source| Error::Os {
+                    context: "create the notification socket",
                     source,
                 })?;
                 vars.retain(|(k, _)| k != NOTIFY_SOCKET);
-                vars.push((NOTIFY_SOCKET.into(), socket.path().into()));
+                vars.push((NOTIFY_SOCKET.into(), socket.address().into()));
                 Some(socket)
             }
             None => None,
         };
 
-        let with_pid = with_pid && announce;
-        let mut plan = Plan::new(&program, &args, &vars, with_pid, cwd.as_deref())?;
+        let mut plan = Plan::new(&program, &args, &vars, with_pid && announce, cwd.as_deref())?;
         let null = open_null_if_needed(&stdio)?;
         let stderr_copy = match &stdio[2].0 {
             StdioKind::Fd(fd) => regular_file_copy(fd),
@@ -582,18 +627,13 @@ impl Launch {
                 StdioKind::Fd(fd) => Some(fd.as_raw_fd()),
             };
         }
+        let (fds, sockets, created) = match bound {
+            Some(bound) => bound.into_parts(),
+            None => Default::default(),
+        };
         plan.sockets = fds.iter().map(AsRawFd::as_raw_fd).collect();
         plan.parent_death_signal = parent_death_signal;
-        let sockets = described
-            .into_iter()
-            .enumerate()
-            .map(|(i, (name, kind, address))| LaunchedSocket {
-                fd: 3 + i as i32,
-                name,
-                kind,
-                address,
-            })
-            .collect();
+        plan.process_group = process_group;
         Ok(Prepared {
             program: program.to_string_lossy().into_owned(),
             plan,
@@ -606,6 +646,7 @@ impl Launch {
             kill_on_drop,
             notify,
             ready,
+            signals,
         })
     }
 }
@@ -627,17 +668,19 @@ pub(crate) struct Prepared {
     kill_on_drop: bool,
     pub(crate) notify: Option<NotifySocket>,
     pub(crate) ready: Option<Duration>,
+    /// Stop signals that end a readiness wait ([`Launch::stop_on`]).
+    pub(crate) signals: Option<Signals>,
 }
 
 impl Prepared {
     /// Start one child with the sockets (held before exec if `gate`).
-    pub(crate) fn spawn_child(&mut self, gate: bool) -> Result<(libc::pid_t, Option<Gate>), Error> {
+    pub(crate) fn spawn_child(&mut self, gate: bool) -> Result<(Child, Option<Gate>), Error> {
         self.plan.gate = gate;
-        let spawned = spawn::spawn(&mut self.plan)?;
+        let spawned = Child::spawn(&mut self.plan)?;
         tracing::debug!(
             "started {} as pid {}{} with {} socket(s)",
             self.program,
-            spawned.0,
+            spawned.0.pid(),
             if gate { " (held before exec)" } else { "" },
             self.sockets.len()
         );
@@ -646,11 +689,11 @@ impl Prepared {
 
     /// A handle for a child of this plan that shares its sockets with later children: no
     /// socket files, no notification socket of its own (they stay with the plan).
-    pub(crate) fn child(&self, pid: libc::pid_t) -> Launched {
+    pub(crate) fn child(&self, child: Child) -> Launched {
         let stderr = self.stderr_copy.as_ref().and_then(|f| f.try_clone().ok());
         Launched::new(
             self.program.clone(),
-            pid,
+            child,
             self.sockets.clone(),
             Vec::new(),
             true,
@@ -658,18 +701,30 @@ impl Prepared {
         .with_stderr(stderr)
     }
 
-    /// The handle of the one child of this plan: it takes the socket files and the
-    /// notification socket; our socket copies are closed (the daemon has its own).
-    pub(crate) fn into_launched(self, pid: libc::pid_t) -> Launched {
+    /// The handle of the one child of this plan: it takes the socket files, the
+    /// notification socket and the readiness settings; our socket copies are closed (the
+    /// daemon has its own).
+    pub(crate) fn into_launched(self, child: Child) -> Launched {
         Launched::new(
             self.program,
-            pid,
+            child,
             self.sockets,
             self.created,
             self.kill_on_drop,
         )
         .with_stderr(self.stderr_copy)
         .with_notify(self.notify)
+        .with_ready(self.ready, self.signals)
+    }
+
+    /// Wait until `daemon`, a child of this plan, is ready (when readiness is asked for).
+    pub(crate) fn wait_ready(&self, daemon: &mut Launched) -> Result<(), Error> {
+        match (&self.notify, self.ready) {
+            (Some(notify), Some(timeout)) => {
+                crate::launched::wait_ready(daemon, notify, timeout, self.signals.as_ref())
+            }
+            _ => Ok(()),
+        }
     }
 }
 
@@ -688,7 +743,6 @@ pub struct Held {
     // Both are `Some` until `release` or `drop` takes them.
     launched: Option<Launched>,
     gate: Option<Gate>,
-    ready: Option<Duration>,
 }
 
 impl Held {
@@ -707,7 +761,7 @@ impl Held {
     ///
     /// ```
     /// let held = sd_launch::Launch::new("true").spawn_held()?;
-    /// assert_eq!(held.sockets()[0].kind, "tcp");
+    /// assert_eq!(held.sockets()[0].kind, sd_launch::SocketKind::Tcp);
     /// # Ok::<(), sd_launch::Error>(())
     /// ```
     pub fn sockets(&self) -> &[LaunchedSocket] {
@@ -735,22 +789,13 @@ impl Held {
             .take()
             .expect("held until released or dropped");
         match gate.release() {
-            Ok(()) => wait_ready(launched, self.ready),
+            Ok(()) => launched.wait_ready(),
             Err(e) => {
                 let _ = launched.wait();
                 Err(e)
             }
         }
     }
-}
-
-/// With a readiness timeout, wait for `READY=1`; on failure the daemon is killed and reaped.
-fn wait_ready(mut launched: Launched, timeout: Option<Duration>) -> Result<Launched, Error> {
-    let (Some(timeout), Some(notify)) = (timeout, launched.take_notify()) else {
-        return Ok(launched);
-    };
-    notify.wait_ready(&mut launched, timeout)?;
-    Ok(launched.with_notify(Some(notify)))
 }
 
 /// A readable handle on `fd` if it is a regular file (to read the daemon's stderr tail
@@ -772,72 +817,6 @@ impl Drop for Held {
             drop(gate); // the child sees the channel close without a release and exits
             let _ = launched.wait();
         }
-    }
-}
-
-/// A socket's name, kind and address, as reported in [`LaunchedSocket`].
-type Described = (Option<String>, &'static str, Option<Address>);
-
-fn bind(
-    spec: &SocketSpec,
-    backlog: i32,
-    mode: u32,
-    created: &mut Vec<CreatedPath>,
-) -> Result<(OwnedFd, Described), Error> {
-    let bound = socket::bind(spec, backlog, mode)?;
-    created.extend(bound.created);
-    Ok((
-        bound.fd,
-        (spec.name.clone(), spec.kind(), Some(bound.address)),
-    ))
-}
-
-/// `LISTEN_FDNAMES` for the sockets: `None` when no socket is named; unnamed sockets among
-/// named ones are called `unknown`, the name libsystemd reports for an unnamed fd.
-fn names(described: &[Described]) -> Result<Option<String>, Error> {
-    if described.iter().all(|(n, _, _)| n.is_none()) {
-        return Ok(None);
-    }
-    let names: Vec<&str> = described
-        .iter()
-        .map(|(n, _, _)| n.as_deref().unwrap_or("unknown"))
-        .collect();
-    for name in &names {
-        listenfd_core::env::validate_name(name).map_err(|e| Error::FdName {
-            name: (*name).to_owned(),
-            reason: e.to_string(),
-        })?;
-    }
-    Ok(Some(listenfd_core::env::join_names(&names)))
-}
-
-fn describe_fd(fd: &OwnedFd) -> (&'static str, Option<Address>) {
-    use listenfd_core::inspect::inspect_fd;
-    use listenfd_core::{Family, FdKind, LocalAddr, SocketType};
-    match inspect_fd(fd) {
-        Ok(FdKind::Socket {
-            family,
-            socket_type,
-            local,
-            ..
-        }) => {
-            let kind = match (family, socket_type) {
-                (Family::Inet | Family::Inet6, SocketType::Stream) => "tcp",
-                (Family::Inet | Family::Inet6, SocketType::Dgram) => "udp",
-                (Family::Unix, SocketType::Stream) => "unix-stream",
-                (Family::Unix, SocketType::Dgram) => "unix-dgram",
-                (Family::Unix, SocketType::SeqPacket) => "unix-seqpacket",
-                _ => "socket",
-            };
-            let address = match local {
-                Some(LocalAddr::Inet(a)) => Some(Address::Inet(a)),
-                Some(LocalAddr::UnixPath(p)) => Some(Address::Unix(p)),
-                Some(LocalAddr::UnixAbstract(n)) => Some(Address::Abstract(n)),
-                _ => None,
-            };
-            (kind, address)
-        }
-        _ => ("fd", None),
     }
 }
 

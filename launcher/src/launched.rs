@@ -1,38 +1,18 @@
-//! [`Launched`]: the handle of a running daemon. Kills and reaps it when dropped.
+//! [`Launched`]: the handle of a running daemon (its process, sockets, socket files,
+//! output and notify socket). Stops it when dropped.
 
 use std::fs::File;
-use std::io;
+use std::io::{self, Read, Seek, SeekFrom};
 use std::net::SocketAddr;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::os::unix::process::ExitStatusExt;
 use std::process::ExitStatus;
 use std::time::{Duration, Instant};
 
 use crate::error::Error;
-use crate::ready::{self, NotifySocket};
-use crate::socket::CreatedPath;
-use crate::spec::Address;
-
-/// One socket as the daemon received it.
-///
-/// ```
-/// let server = sd_launch::Launch::new("sleep").arg("5").spawn()?;
-/// let s = &server.sockets()[0];
-/// assert_eq!((s.fd, s.kind, s.name.as_deref()), (3, "tcp", None));
-/// # Ok::<(), sd_launch::Error>(())
-/// ```
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LaunchedSocket {
-    /// Its fd number in the daemon (3, 4, ...).
-    pub fd: RawFd,
-    /// Its name in `LISTEN_FDNAMES`, if any.
-    pub name: Option<String>,
-    /// `tcp`, `udp`, `unix-stream`, `unix-dgram`, `unix-seqpacket`, `socket` (another
-    /// passed socket) or `fd` (a passed fd that is not a socket).
-    pub kind: &'static str,
-    /// Where it is bound: the real port for port 0, an absolute path for a Unix socket file.
-    pub address: Option<Address>,
-}
+use crate::process::Child;
+use crate::sockets::{Address, CreatedPath, LaunchedSocket};
+use crate::supervisor::Signals;
+use crate::supervisor::notify::NotifySocket;
+use crate::supervisor::ready::{NotReady, wait_ready as wait_for_ready};
 
 /// A running daemon started by [`Launch::spawn`](crate::Launch::spawn).
 ///
@@ -51,36 +31,35 @@ pub struct LaunchedSocket {
 #[derive(Debug)]
 pub struct Launched {
     program: String,
-    pid: libc::pid_t,
-    pidfd: Option<OwnedFd>,
+    child: Child,
     sockets: Vec<LaunchedSocket>,
     created: Vec<CreatedPath>,
-    status: Option<ExitStatus>,
     kill_on_drop: bool,
     /// Our copy of the daemon's stderr when it goes to a regular file, for error messages.
     stderr: Option<File>,
-    /// The private `NOTIFY_SOCKET`, kept open while the daemon may still notify.
+    /// The private `NOTIFY_SOCKET`, until the daemon is ready.
     notify: Option<NotifySocket>,
+    /// How long to wait for `READY=1`, and the signals that interrupt the wait.
+    ready: Option<(Duration, Option<Signals>)>,
 }
 
 impl Launched {
     pub(crate) fn new(
         program: String,
-        pid: libc::pid_t,
+        child: Child,
         sockets: Vec<LaunchedSocket>,
         created: Vec<CreatedPath>,
         kill_on_drop: bool,
     ) -> Launched {
         Launched {
             program,
-            pid,
-            pidfd: pidfd_open(pid),
+            child,
             sockets,
             created,
-            status: None,
             kill_on_drop,
             stderr: None,
             notify: None,
+            ready: None,
         }
     }
 
@@ -94,8 +73,26 @@ impl Launched {
         self
     }
 
-    pub(crate) fn take_notify(&mut self) -> Option<NotifySocket> {
-        self.notify.take()
+    pub(crate) fn with_ready(
+        mut self,
+        ready: Option<Duration>,
+        signals: Option<Signals>,
+    ) -> Launched {
+        self.ready = ready.map(|timeout| (timeout, signals));
+        self
+    }
+
+    /// With [`Launch::ready`](crate::Launch::ready), wait for `READY=1`. The notify socket
+    /// is closed once the daemon is ready: a daemon that goes on notifying (`STATUS=`,
+    /// `WATCHDOG=1`) gets an error at once from `sd_notify` (which daemons ignore) and never
+    /// blocks on a queue nobody reads.
+    pub(crate) fn wait_ready(mut self) -> Result<Launched, Error> {
+        let (Some((timeout, signals)), Some(notify)) = (self.ready.take(), self.notify.take())
+        else {
+            return Ok(self);
+        };
+        wait_ready(&mut self, &notify, timeout, signals.as_ref())?;
+        Ok(self)
     }
 
     /// The program as given to [`Launch::new`](crate::Launch::new).
@@ -109,9 +106,12 @@ impl Launched {
         &self.program
     }
 
-    /// The raw pidfd, for `poll` (readable once the daemon exits), if the kernel has them.
-    pub(crate) fn pidfd(&self) -> Option<RawFd> {
-        self.pidfd.as_ref().map(AsRawFd::as_raw_fd)
+    pub(crate) fn child(&self) -> &Child {
+        &self.child
+    }
+
+    pub(crate) fn child_mut(&mut self) -> &mut Child {
+        &mut self.child
     }
 
     /// The last lines the daemon wrote to its stderr, when that is a regular file
@@ -128,7 +128,7 @@ impl Launched {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn stderr_tail(&self) -> Option<String> {
-        self.stderr.as_ref().and_then(ready::tail)
+        self.stderr.as_ref().and_then(tail)
     }
 
     /// `Ok` while the daemon runs; once it has exited, an [`Error::Exited`] with its status
@@ -146,9 +146,8 @@ impl Launched {
         match self.try_wait() {
             Ok(None) => Ok(()),
             Ok(Some(status)) => Err(self.exited(status, "")),
-            Err(source) => Err(Error::Spawn {
-                program: self.program.clone(),
-                step: "checking the daemon (waitpid)",
+            Err(source) => Err(Error::Os {
+                context: "check the daemon (waitpid)",
                 source,
             }),
         }
@@ -171,7 +170,7 @@ impl Launched {
     /// # Ok::<(), sd_launch::Error>(())
     /// ```
     pub fn pid(&self) -> u32 {
-        self.pid as u32
+        self.child.pid()
     }
 
     /// The sockets passed, in fd order.
@@ -210,31 +209,7 @@ impl Launched {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn signal(&self, signal: i32) -> io::Result<()> {
-        if self.status.is_some() {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "the daemon has already exited and been reaped",
-            ));
-        }
-        let r = match &self.pidfd {
-            // SAFETY: pidfd_send_signal with a pidfd we own, no siginfo, no flags.
-            Some(fd) => unsafe {
-                libc::syscall(
-                    libc::SYS_pidfd_send_signal,
-                    fd.as_raw_fd(),
-                    signal,
-                    std::ptr::null::<libc::siginfo_t>(),
-                    0,
-                ) as libc::c_int
-            },
-            // SAFETY: kill on our own unreaped child: its pid cannot have been reused.
-            None => unsafe { libc::kill(self.pid, signal) },
-        };
-        if r == 0 {
-            Ok(())
-        } else {
-            Err(io::Error::last_os_error())
-        }
+        self.child.signal(signal)
     }
 
     /// Whether the daemon has exited, without blocking; reaps it if so.
@@ -245,7 +220,7 @@ impl Launched {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn try_wait(&mut self) -> io::Result<Option<ExitStatus>> {
-        self.waitpid(libc::WNOHANG)
+        self.child.try_wait()
     }
 
     /// Wait for the daemon to exit, and reap it.
@@ -256,11 +231,7 @@ impl Launched {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn wait(&mut self) -> io::Result<ExitStatus> {
-        loop {
-            if let Some(status) = self.waitpid(0)? {
-                return Ok(status);
-            }
-        }
+        self.child.wait()
     }
 
     /// Wait at most `timeout` for the daemon to exit.
@@ -272,17 +243,7 @@ impl Launched {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn wait_timeout(&mut self, timeout: Duration) -> io::Result<Option<ExitStatus>> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(status) = self.try_wait()? {
-                return Ok(Some(status));
-            }
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return Ok(None);
-            }
-            self.sleep_until_exit(left.min(Duration::from_millis(50)));
-        }
+        self.child.wait_deadline(Some(Instant::now() + timeout))
     }
 
     /// Kill the daemon with `SIGKILL` and reap it.
@@ -293,16 +254,7 @@ impl Launched {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn kill(&mut self) -> io::Result<ExitStatus> {
-        if let Some(status) = self.status {
-            return Ok(status);
-        }
-        match self.signal(libc::SIGKILL) {
-            Ok(()) => {}
-            // Exited on its own but not reaped yet: wait collects it.
-            Err(e) if e.raw_os_error() == Some(libc::ESRCH) => {}
-            Err(e) => return Err(e),
-        }
-        self.wait()
+        self.child.kill()
     }
 
     /// Stop the daemon gracefully: `SIGTERM`, then `SIGKILL` if it has not exited after
@@ -316,18 +268,8 @@ impl Launched {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn shutdown(&mut self, grace: Duration) -> io::Result<ExitStatus> {
-        if let Some(status) = self.status {
-            return Ok(status);
-        }
-        match self.signal(libc::SIGTERM) {
-            Ok(()) => {}
-            Err(e) if e.raw_os_error() == Some(libc::ESRCH) => {}
-            Err(e) => return Err(e),
-        }
-        match self.wait_timeout(grace)? {
-            Some(status) => Ok(status),
-            None => self.kill(),
-        }
+        crate::process::stop_all([&mut self.child], libc::SIGTERM, grace);
+        self.child.wait()
     }
 
     /// Leave the daemon running and forget it: it is neither killed nor reaped by us, and
@@ -347,59 +289,37 @@ impl Launched {
         }
         self.pid()
     }
-
-    fn waitpid(&mut self, flags: libc::c_int) -> io::Result<Option<ExitStatus>> {
-        if let Some(status) = self.status {
-            return Ok(Some(status));
-        }
-        let mut raw = 0;
-        // SAFETY: waitpid on our own child, writing into a local.
-        let r = unsafe { libc::waitpid(self.pid, &mut raw, flags) };
-        match r {
-            0 => Ok(None),
-            r if r == self.pid => {
-                let status = ExitStatus::from_raw(raw);
-                self.status = Some(status);
-                self.pidfd = None;
-                Ok(Some(status))
-            }
-            _ => {
-                let err = io::Error::last_os_error();
-                if err.raw_os_error() == Some(libc::EINTR) {
-                    Ok(None)
-                } else {
-                    Err(err)
-                }
-            }
-        }
-    }
-
-    /// Block until the daemon exits or `timeout` passes (a pidfd becomes readable when the
-    /// process exits; without one, just sleep).
-    fn sleep_until_exit(&self, timeout: Duration) {
-        match &self.pidfd {
-            Some(fd) => {
-                let mut pfd = libc::pollfd {
-                    fd: fd.as_raw_fd(),
-                    events: libc::POLLIN,
-                    revents: 0,
-                };
-                let ms = timeout.as_millis().min(i32::MAX as u128) as libc::c_int;
-                // SAFETY: poll on one pollfd we own.
-                unsafe { libc::poll(&mut pfd, 1, ms) };
-            }
-            None => std::thread::sleep(timeout.min(Duration::from_millis(5))),
-        }
-    }
 }
 
 impl Drop for Launched {
     fn drop(&mut self) {
-        if self.kill_on_drop && self.status.is_none() {
-            let _ = self.kill();
+        if self.kill_on_drop {
+            let _ = self.child.kill(); // its process group too, even when it exited by itself
         }
         // `created` drops after this: socket files are removed once the daemon is gone.
     }
+}
+
+/// Wait until `daemon` sends `READY=1` on `notify` within `timeout`; on failure the daemon is
+/// killed and reaped, and the error says why (its exit with status and stderr tail, the
+/// timeout, or a stop signal).
+pub(crate) fn wait_ready(
+    daemon: &mut Launched,
+    notify: &NotifySocket,
+    timeout: Duration,
+    signals: Option<&Signals>,
+) -> Result<(), Error> {
+    let deadline = Instant::now() + timeout;
+    let outcome = wait_for_ready(signals, notify, daemon.child_mut(), deadline);
+    let Err(why) = outcome else { return Ok(()) };
+    let _ = daemon.kill();
+    let program = daemon.program().to_owned();
+    Err(match why {
+        NotReady::Exited(status) => daemon.exited(status, "before it was ready (READY=1)"),
+        NotReady::Timeout => Error::ReadyTimeout { program, timeout },
+        NotReady::Interrupted(signal) => Error::Interrupted { program, signal },
+        NotReady::Failed(e) => e,
+    })
 }
 
 /// The IP address of `sockets[index]`; panics (a test's mistake) when there is none.
@@ -413,19 +333,42 @@ pub(crate) fn inet_addr(sockets: &[LaunchedSocket], index: usize) -> SocketAddr 
     }
 }
 
-/// Linux: a pidfd for our child, so signals cannot hit a recycled pid. `None` where the
-/// kernel has no pidfd_open (before 5.3) or on other systems.
-fn pidfd_open(pid: libc::pid_t) -> Option<OwnedFd> {
-    #[cfg(target_os = "linux")]
-    {
-        // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
-        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
-        if fd >= 0 {
-            // SAFETY: the syscall returned a new fd that nobody else owns (pidfds are
-            // close-on-exec).
-            return Some(unsafe { OwnedFd::from_raw_fd(fd as RawFd) });
+/// The last lines of a regular file (the daemon's stderr, when it goes to a file): at most
+/// 2 KiB, lossy UTF-8, trimmed to whole lines.
+pub(crate) fn tail(file: &File) -> Option<String> {
+    const MAX: u64 = 2048;
+    let mut file = file;
+    let len = file.metadata().ok()?.len();
+    let start = len.saturating_sub(MAX);
+    let mut bytes = Vec::with_capacity((len - start) as usize);
+    // A shared offset (O_APPEND file) is fine to move: appends ignore it.
+    file.seek(SeekFrom::Start(start)).ok()?;
+    file.take(MAX).read_to_end(&mut bytes).ok()?;
+    let text = String::from_utf8_lossy(&bytes);
+    let text = if start > 0 {
+        text.split_once('\n').map_or(&*text, |(_, rest)| rest)
+    } else {
+        &text
+    };
+    let text = text.trim_end();
+    (!text.is_empty()).then(|| text.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tail_keeps_whole_last_lines() {
+        use std::io::Write;
+        let mut f = tempfile::tempfile().unwrap();
+        assert_eq!(tail(&f), None);
+        for i in 0..1000 {
+            writeln!(f, "line {i}").unwrap();
         }
+        let t = tail(&f).unwrap();
+        assert!(t.ends_with("line 999"), "{t}");
+        assert!(t.starts_with("line "), "{t}");
+        assert!(t.len() <= 2048);
     }
-    let _ = pid;
-    None
 }

@@ -18,31 +18,31 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!
-//! Modules, in the order data flows through them:
-//! * [`spec`]: what to listen on ([`SocketSpec`], `-l` address syntax);
-//! * [`socket`]: creating the sockets (backlog, Unix socket modes, stale files);
-//! * `launch`: the [`Launch`] builder;
-//! * `spawn`: fork, fds into place, `LISTEN_PID`, execve;
-//! * `launched`: the [`Launched`] handle (signals, wait, kill and reap on drop);
-//! * [`supervise`]: foreground mode of the command (signal forwarding, stop timeout);
-//! * [`service`]: a daemon whose sockets outlive it, restarted without refusing a connection;
-//! * `ready`: the private `NOTIFY_SOCKET` and the wait for `READY=1`;
-//! * [`accept`]: accept mode, one daemon per connection (`Accept=yes`, inetd style);
-//! * [`output`]: the `env` and `json` formats the command prints.
+//! Modules, in the order data flows through them (each uses only the ones above it):
+//! 1. [`sockets`]: what to listen on ([`SocketSpec`], the `-l` syntax) and the one builder of
+//!    socket sets every mode shares (names, backlog, Unix socket modes, created files);
+//! 2. `process`: the bare child: spawn (fds into place, `LISTEN_PID`, `execve`), pidfd,
+//!    process group, signals, wait with a deadline, stop with a grace period;
+//! 3. [`supervisor`]: the one event loop (signals, pidfds, the notify socket, listeners, one
+//!    deadline) and its policies: readiness, foreground, restart, accept;
+//! 4. `launch` and `launched`: the [`Launch`] builder and the [`Launched`] handle a test
+//!    holds (drop stops everything it owns).
+//!
+//! Linux only: the launcher is built on pidfds (Linux 5.3 or later), `signalfd` and
+//! `clone(CLONE_VM | CLONE_VFORK)`.
 
-pub mod accept;
+#[cfg(not(target_os = "linux"))]
+compile_error!("sd-launch is Linux-only: it is built on pidfds, signalfd and clone");
+
 mod error;
 mod launch;
 mod launched;
-pub mod output;
-mod ready;
-pub mod service;
-pub mod socket;
-mod spawn;
-pub mod spec;
-pub mod supervise;
+mod process;
+pub mod sockets;
+pub mod supervisor;
 
 pub use error::Error;
-pub use launch::{Held, Launch, PROTOCOL_VARIABLES, Stdio};
-pub use launched::{Launched, LaunchedSocket};
-pub use spec::{Address, SocketSpec, Transport};
+pub use launch::{Held, Launch, Stdio};
+pub use launched::Launched;
+pub use sockets::{Address, LaunchedSocket, SocketKind, SocketSpec, Transport};
+pub use supervisor::accept;

@@ -36,7 +36,7 @@
 
 use std::ffi::{CString, OsStr, OsString};
 use std::io::{self, Read, Write};
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::net::UnixStream;
 use std::path::Path;
@@ -50,7 +50,7 @@ const PID_DIGITS: usize = 20;
 /// The steps that can fail in the child, as reported through the status channel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u32)]
-enum Step {
+pub(crate) enum Step {
     /// Not a failure: the child waits at the gate.
     AtGate = 0,
     Dup = 1,
@@ -58,6 +58,7 @@ enum Step {
     Exec = 3,
     Pdeathsig = 4,
     Close = 5,
+    ProcessGroup = 6,
 }
 
 impl Step {
@@ -69,6 +70,7 @@ impl Step {
             Step::Exec,
             Step::Pdeathsig,
             Step::Close,
+            Step::ProcessGroup,
         ]
         .into_iter()
         .find(|s| *s as u32 == v)
@@ -82,6 +84,7 @@ impl Step {
             Step::Exec => "execve",
             Step::Pdeathsig => "PR_SET_PDEATHSIG",
             Step::Close => "closing inherited fds",
+            Step::ProcessGroup => "setpgid (a process group of its own)",
         }
     }
 }
@@ -106,6 +109,8 @@ pub(crate) struct Plan {
     pub parent_death_signal: Option<i32>,
     /// Hold the child just before `execve` until [`Gate::release`].
     pub gate: bool,
+    /// Make the child the leader of a new process group (`setpgid(0, 0)`).
+    pub process_group: bool,
     /// Fallback upper bound for closing fds when `close_range` is missing.
     max_fd: RawFd,
 }
@@ -138,9 +143,8 @@ impl Plan {
                 path_var = Some(v.as_os_str());
             }
             if k.is_empty() || k.as_bytes().contains(&b'=') {
-                return Err(Error::Nul {
-                    what: "an environment variable name (empty or with '=')",
-                    value: k.to_string_lossy().into_owned(),
+                return Err(Error::EnvName {
+                    name: k.to_string_lossy().into_owned(),
                 });
             }
             let mut e = k.as_bytes().to_vec();
@@ -172,6 +176,7 @@ impl Plan {
             sockets: Vec::new(),
             parent_death_signal: None,
             gate: false,
+            process_group: false,
             max_fd: max_fd(),
         })
     }
@@ -179,7 +184,7 @@ impl Plan {
 
 /// The paths `execvp` would try: the program itself if it contains a `/`, else each `PATH`
 /// entry joined with it (an empty entry means the current directory).
-fn candidates(program: &OsStr, path_var: Option<&OsStr>) -> Vec<Vec<u8>> {
+pub(crate) fn candidates(program: &OsStr, path_var: Option<&OsStr>) -> Vec<Vec<u8>> {
     let prog = program.as_bytes();
     if prog.contains(&b'/') || prog.is_empty() {
         return vec![prog.to_vec()];
@@ -243,10 +248,47 @@ impl Gate {
     }
 }
 
-/// Fork and exec according to `plan`. Returns the child's pid once `execve` succeeded (or,
+/// A started child: its pid, its pidfd and, when held, the gate that lets it exec.
+#[derive(Debug)]
+pub(crate) struct Spawned {
+    pub pid: libc::pid_t,
+    pub pidfd: OwnedFd,
+    pub gate: Option<Gate>,
+}
+
+/// Fork and exec according to `plan`. Returns the child once `execve` succeeded (or,
 /// with [`Plan::gate`], once the child waits at the gate); on any failure the child has been
 /// reaped and nothing is left running.
-pub(crate) fn spawn(plan: &mut Plan) -> Result<(libc::pid_t, Option<Gate>), Error> {
+pub(crate) fn spawn(plan: &mut Plan) -> Result<Spawned, Error> {
+    let (pid, gate) = spawn_child(plan)?;
+    match pidfd_open(pid) {
+        Ok(pidfd) => Ok(Spawned { pid, pidfd, gate }),
+        Err(source) => {
+            drop(gate);
+            // SAFETY: kill on our own unreaped child: its pid cannot have been reused.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+            reap(pid);
+            Err(Error::Spawn {
+                program: plan.program.clone(),
+                step: "pidfd_open (Linux 5.3 or later is needed)",
+                source,
+            })
+        }
+    }
+}
+
+/// A pidfd for our unreaped child.
+fn pidfd_open(pid: libc::pid_t) -> io::Result<OwnedFd> {
+    // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the syscall returned a new fd that nobody else owns (pidfds are close-on-exec).
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+fn spawn_child(plan: &mut Plan) -> Result<(libc::pid_t, Option<Gate>), Error> {
     let program = plan.program.clone();
     let os_err = |step: &'static str, source: io::Error| Error::Spawn {
         program: program.clone(),
@@ -472,7 +514,12 @@ fn read_report(channel: &UnixStream, program: &str) -> Result<Option<(Option<Ste
     }
 }
 
-fn child_error(program: &str, searched_path: bool, step: Option<Step>, errno: i32) -> Error {
+pub(crate) fn child_error(
+    program: &str,
+    searched_path: bool,
+    step: Option<Step>,
+    errno: i32,
+) -> Error {
     let source = io::Error::from_raw_os_error(errno);
     match step {
         Some(Step::Exec) if errno == libc::ENOENT || errno == libc::ENOTDIR => Error::NotFound {
@@ -579,6 +626,10 @@ unsafe fn child(
             }
         }
         let _ = parent_pid;
+
+        if plan.process_group && libc::setpgid(0, 0) != 0 {
+            fail(Step::ProcessGroup, err_fd);
+        }
 
         if let Some(cwd) = &plan.cwd
             && libc::chdir(cwd.as_ptr()) != 0
@@ -767,6 +818,15 @@ mod tests {
     fn nul_bytes_are_refused_before_fork() {
         let err = Plan::new(OsStr::new("a\0b"), &[], &[], true, None).unwrap_err();
         assert!(matches!(err, Error::Nul { .. }));
+        assert_eq!(err.exit_code(), 2);
+    }
+
+    #[test]
+    fn an_env_name_with_an_equals_sign_is_named_as_such() {
+        let env = [(OsString::from("A=B"), OsString::from("c"))];
+        let err = Plan::new(OsStr::new("true"), &[], &env, true, None).unwrap_err();
+        assert!(matches!(err, Error::EnvName { .. }), "{err}");
+        assert!(err.to_string().contains("\"A=B\""), "{err}");
         assert_eq!(err.exit_code(), 2);
     }
 }

@@ -34,19 +34,24 @@
 //!   connection it would not see under a slower server.
 //! * Our copy of each connection is closed as soon as its daemon runs, so the client sees the
 //!   end of the connection when the daemon closes it, not when we do.
-//! * Finished daemons are reaped as they exit (no zombies), woken by `SIGCHLD` when the
-//!   signals are given to [`serve`](Acceptor::serve), else within [`TICK`].
-//! * With [`BlockedSignals`], `SIGINT` and `SIGTERM` stop serving: the listeners are closed,
+//! * Finished daemons are reaped as they exit (no zombies): the supervisor's loop waits on
+//!   their pidfds, the listeners, the signals and the stop channel at once.
+//! * With [`Signals`], `SIGINT` and `SIGTERM` stop serving: the listeners are closed,
 //!   the signal is forwarded to every running daemon, and those still running after
 //!   [`stop_timeout`](Options::stop_timeout) get `SIGKILL`. `SIGHUP`, `SIGQUIT`, `SIGUSR1`
 //!   and `SIGUSR2` are forwarded to every running daemon and serving goes on. A [`Stopper`]
 //!   stops the same way, with `SIGTERM`.
-//! * A daemon that cannot be started for want of resources ([`Error::Spawn`]: fork failed,
-//!   say) costs its connection (closed unanswered) and is counted in [`Served::failed`];
-//!   any other launch error (program not found, bad arguments) stops serving and is
-//!   returned, as it would fail for every connection.
+//! * A daemon that cannot be started for want of file descriptors (`EMFILE`, `ENFILE`: the
+//!   fd limit, `ulimit -n`) does not cost its connection: accepting pauses, the connection
+//!   waits (held by us) until a running daemon exits, and a warning names the fd limit. Only
+//!   when no daemon runs to free any is it closed unanswered. Any other failure to start a
+//!   daemon for want of resources ([`Error::Spawn`]: fork failed, say) costs its connection
+//!   (closed unanswered, counted in [`Served::failed`]); any other launch error (program not
+//!   found, bad arguments) stops serving and is returned, as it would fail for every
+//!   connection.
 //! * Datagram sockets have no connections: binding one is an [`Error::Conflict`].
 
+use std::collections::VecDeque;
 use std::io::{self, Read};
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -56,12 +61,11 @@ use std::time::{Duration, Instant};
 
 use socket2::Socket;
 
+use super::{DEFAULT_STOP_TIMEOUT, Event, FORWARDED, Key, Policy, Signals, Watch, run};
 use crate::error::Error;
 use crate::launch::Launch;
-use crate::launched::{Launched, LaunchedSocket};
-use crate::socket::{self, CreatedPath, DEFAULT_BACKLOG, DEFAULT_UNIX_MODE};
-use crate::spec::{Address, SocketSpec, Transport};
-use crate::supervise::{BlockedSignals, DEFAULT_STOP_TIMEOUT, FORWARDED};
+use crate::launched::Launched;
+use crate::sockets::{Address, CreatedPath, LaunchedSocket, SocketSet, SocketSpec, Transport};
 
 /// systemd's `MaxConnections=` default: daemons running at once.
 ///
@@ -77,15 +81,6 @@ pub const DEFAULT_MAX_CONNECTIONS: usize = 64;
 /// assert_eq!(sd_launch::accept::CONNECTION_NAME, "connection");
 /// ```
 pub const CONNECTION_NAME: &str = "connection";
-
-/// The longest the loop sleeps without looking at its daemons: reaping needs no `SIGCHLD`
-/// (which another thread of a test process may receive), and signals are still collected
-/// where there is no `signalfd`.
-///
-/// ```
-/// assert!(sd_launch::accept::TICK.as_millis() <= 100);
-/// ```
-pub const TICK: Duration = Duration::from_millis(50);
 
 /// Pause after an `accept` failed for want of fds or memory, instead of spinning.
 const BACKOFF: Duration = Duration::from_millis(100);
@@ -105,12 +100,6 @@ pub enum Pass {
     Inetd,
 }
 
-#[derive(Debug)]
-enum Pending {
-    Spec(SocketSpec),
-    Parse(String),
-}
-
 /// What to listen on and how to serve: the builder of an [`Acceptor`].
 ///
 /// ```
@@ -120,14 +109,12 @@ enum Pending {
 ///     .pass(Pass::Inetd)
 ///     .max_connections(8)
 ///     .bind()?;
-/// assert_eq!(acceptor.sockets()[0].kind, "tcp");
+/// assert_eq!(acceptor.sockets()[0].kind, sd_launch::SocketKind::Tcp);
 /// # Ok::<(), sd_launch::Error>(())
 /// ```
 #[derive(Debug)]
 pub struct Options {
-    specs: Vec<Pending>,
-    backlog: i32,
-    socket_mode: u32,
+    sockets: SocketSet,
     max_connections: usize,
     pass: Pass,
     stop_timeout: Duration,
@@ -141,7 +128,7 @@ impl Default for Options {
 
 impl Options {
     /// Defaults: listen on `127.0.0.1:0` unless told otherwise, [`Pass::Fd`],
-    /// [`DEFAULT_MAX_CONNECTIONS`], [`supervise::DEFAULT_STOP_TIMEOUT`](DEFAULT_STOP_TIMEOUT).
+    /// [`DEFAULT_MAX_CONNECTIONS`], [`DEFAULT_STOP_TIMEOUT`].
     ///
     /// ```
     /// let acceptor = sd_launch::accept::Options::new().bind()?;
@@ -150,9 +137,7 @@ impl Options {
     /// ```
     pub fn new() -> Options {
         Options {
-            specs: Vec::new(),
-            backlog: DEFAULT_BACKLOG,
-            socket_mode: DEFAULT_UNIX_MODE,
+            sockets: SocketSet::new(),
             max_connections: DEFAULT_MAX_CONNECTIONS,
             pass: Pass::Fd,
             stop_timeout: DEFAULT_STOP_TIMEOUT,
@@ -168,7 +153,7 @@ impl Options {
     /// # let _ = options;
     /// ```
     pub fn listen(mut self, spec: SocketSpec) -> Options {
-        self.specs.push(Pending::Spec(spec));
+        self.sockets.listen(spec);
         self
     }
 
@@ -180,19 +165,20 @@ impl Options {
     /// # let _ = options;
     /// ```
     pub fn listen_on(mut self, address: &str) -> Options {
-        self.specs.push(Pending::Parse(address.to_owned()));
+        self.sockets.listen_on(address);
         self
     }
 
     /// Listen backlog, where connections wait while [`max_connections`](Options::max_connections)
-    /// daemons run (default: the kernel's maximum, [`socket::DEFAULT_BACKLOG`]).
+    /// daemons run (default: the kernel's maximum,
+    /// [`sockets::DEFAULT_BACKLOG`](crate::sockets::DEFAULT_BACKLOG)).
     ///
     /// ```
     /// let options = sd_launch::accept::Options::new().backlog(128);
     /// # let _ = options;
     /// ```
     pub fn backlog(mut self, backlog: i32) -> Options {
-        self.backlog = backlog;
+        self.sockets.backlog(backlog);
         self
     }
 
@@ -203,7 +189,7 @@ impl Options {
     /// # let _ = options;
     /// ```
     pub fn socket_mode(mut self, mode: u32) -> Options {
-        self.socket_mode = mode;
+        self.sockets.socket_mode(mode);
         self
     }
 
@@ -231,7 +217,7 @@ impl Options {
     }
 
     /// How long running daemons get to exit once serving stops, before `SIGKILL` (default
-    /// [`supervise::DEFAULT_STOP_TIMEOUT`](DEFAULT_STOP_TIMEOUT), 10 s).
+    /// [`DEFAULT_STOP_TIMEOUT`], 10 s).
     ///
     /// ```
     /// let options = sd_launch::accept::Options::new().stop_timeout(std::time::Duration::from_secs(1));
@@ -254,51 +240,40 @@ impl Options {
     /// assert!(matches!(err, Error::Conflict(_)));
     /// ```
     pub fn bind(self) -> Result<Acceptor, Error> {
-        let specs = if self.specs.is_empty() {
-            vec![SocketSpec::loopback()]
-        } else {
-            self.specs
-                .into_iter()
-                .map(|p| match p {
-                    Pending::Spec(s) => Ok(s),
-                    Pending::Parse(s) => s.parse(),
-                })
-                .collect::<Result<Vec<_>, _>>()?
-        };
-        let mut listeners = Vec::with_capacity(specs.len());
-        let mut sockets = Vec::with_capacity(specs.len());
-        for spec in specs {
-            if spec.transport == Transport::Datagram {
-                return Err(Error::Conflict(
-                    "datagram sockets have no connections to accept: \
-                     use stream (or seqpacket) sockets in accept mode",
-                ));
-            }
-            if let Some(name) = &spec.name {
-                listenfd_core::env::validate_name(name).map_err(|e| Error::FdName {
-                    name: name.clone(),
-                    reason: e.to_string(),
-                })?;
-            }
-            let bound = socket::bind(&spec, self.backlog, self.socket_mode)?;
-            let socket = Socket::from(bound.fd);
+        if self
+            .sockets
+            .specs()?
+            .iter()
+            .any(|spec| spec.transport == Transport::Datagram)
+        {
+            return Err(Error::Conflict(
+                "datagram sockets have no connections to accept: \
+                 use stream (or seqpacket) sockets in accept mode",
+            ));
+        }
+        let (fds, described, created) = self.sockets.bind()?.into_parts();
+        let mut sockets = Vec::with_capacity(described.len());
+        let mut listeners = Vec::with_capacity(described.len());
+        for (fd, described) in fds.into_iter().zip(described) {
+            let socket = Socket::from(fd);
+            let address = described
+                .address
+                .clone()
+                .expect("a bound spec has an address");
             socket
                 .set_nonblocking(true)
-                .map_err(|e| accept_error("make non-blocking", &bound.address, e))?;
+                .map_err(|e| accept_error("make non-blocking", &address, e))?;
+            listeners.push(Listener {
+                socket,
+                address,
+                name: described.name.clone(),
+            });
             sockets.push(LaunchedSocket {
                 fd: match self.pass {
                     Pass::Fd => 3,
                     Pass::Inetd => 0,
                 },
-                name: spec.name.clone(),
-                kind: spec.kind(),
-                address: Some(bound.address.clone()),
-            });
-            listeners.push(Listener {
-                socket,
-                address: bound.address,
-                name: spec.name,
-                created: bound.created,
+                ..described
             });
         }
         let (stop_rx, stop_tx) = UnixStream::pair()
@@ -307,9 +282,13 @@ impl Options {
                 tx.set_nonblocking(true)?;
                 Ok((rx, tx))
             })
-            .map_err(|e| accept_error("create the stop channel for", &listeners[0].address, e))?;
+            .map_err(|source| Error::Os {
+                context: "create the stop channel of the acceptor",
+                source,
+            })?;
         Ok(Acceptor {
             listeners,
+            created,
             sockets,
             max_connections: self.max_connections,
             pass: self.pass,
@@ -325,8 +304,6 @@ struct Listener {
     socket: Socket,
     address: Address,
     name: Option<String>,
-    /// The Unix socket file, removed when dropped.
-    created: Option<CreatedPath>,
 }
 
 /// Listening sockets, ready to [`serve`](Acceptor::serve). Dropping it closes them and
@@ -341,6 +318,8 @@ struct Listener {
 #[derive(Debug)]
 pub struct Acceptor {
     listeners: Vec<Listener>,
+    /// The Unix socket files, removed when dropped (after the listeners are closed).
+    created: Vec<CreatedPath>,
     sockets: Vec<LaunchedSocket>,
     max_connections: usize,
     pass: Pass,
@@ -482,169 +461,64 @@ impl Acceptor {
     /// assert_eq!(served.connections, 1);
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
-    pub fn serve<F>(
-        mut self,
-        signals: Option<&BlockedSignals>,
-        mut make: F,
-    ) -> Result<Served, Error>
+    pub fn serve<F, L>(mut self, signals: Option<&Signals>, make: F) -> Result<Served, Error>
     where
-        F: FnMut(&Connection) -> Launch,
+        F: FnMut(&Connection) -> L,
+        L: IntoLaunch,
     {
-        let mut children = Vec::new();
-        let mut served = Served::default();
-        let result = self.run(signals, &mut make, &mut children, &mut served);
+        let mut policy = Serve {
+            acceptor: &self,
+            make,
+            children: Vec::new(),
+            waiting: VecDeque::new(),
+            served: Served::default(),
+            number: 0,
+            paused_until: None,
+            starved: false,
+        };
+        let result = run(signals, &mut policy);
+        let Serve {
+            mut children,
+            served,
+            ..
+        } = policy;
         // Stop accepting first: new clients are refused instead of queueing for nobody.
-        let listeners = std::mem::take(&mut self.listeners);
-        let (sockets, files): (Vec<_>, Vec<_>) =
-            listeners.into_iter().map(|l| (l.socket, l.created)).unzip();
-        drop(sockets);
+        self.listeners.clear();
         let signal = match &result {
             Ok(Some(sig)) => *sig,
             _ => libc::SIGTERM,
         };
-        stop(&mut children, signal, self.stop_timeout);
-        drop(files); // socket files go once nobody can use them
+        crate::process::stop_all(
+            children.iter_mut().map(Launched::child_mut),
+            signal,
+            self.stop_timeout,
+        );
+        drop(std::mem::take(&mut self.created)); // socket files go once nobody can use them
         result.map(|signal| Served { signal, ..served })
     }
 
-    /// The loop; returns the stopping signal (`None` for the stopper).
-    fn run<F>(
-        &mut self,
-        signals: Option<&BlockedSignals>,
-        make: &mut F,
-        children: &mut Vec<Launched>,
-        served: &mut Served,
-    ) -> Result<Option<i32>, Error>
-    where
-        F: FnMut(&Connection) -> Launch,
-    {
-        let first = self.listeners[0].address.clone();
-        let wait_error = |e| accept_error("wait for connections on", &first, e);
-        let signal_fd = match signals {
-            Some(s) => s.pending_fd().map_err(wait_error)?,
-            None => None,
-        };
-        let mut paused_until: Option<Instant> = None;
-        let mut number = 0u64;
-        loop {
-            reap(children);
-            if paused_until.is_some_and(|t| Instant::now() >= t) {
-                paused_until = None;
-            }
-            let accepting = children.len() < self.max_connections && paused_until.is_none();
-            let mut fds = vec![pollfd(self.stop_rx.as_raw_fd())];
-            if let Some(fd) = &signal_fd {
-                fds.push(pollfd(fd.as_raw_fd()));
-            }
-            let first_listener = fds.len();
-            if accepting {
-                fds.extend(self.listeners.iter().map(|l| pollfd(l.socket.as_raw_fd())));
-            }
-            // Without a signalfd, signals are only collected at the tick; daemons are
-            // reaped at the tick in any case (SIGCHLD may go to another thread).
-            let mut timeout = if children.is_empty() && (signals.is_none() || signal_fd.is_some()) {
-                None
-            } else {
-                Some(TICK)
-            };
-            if let Some(t) = paused_until {
-                let left = t.saturating_duration_since(Instant::now());
-                timeout = Some(timeout.map_or(left, |d| d.min(left)));
-            }
-            poll(&mut fds, timeout).map_err(wait_error)?;
-
-            if fds[0].revents != 0 {
-                let mut byte = [0u8; 16];
-                let _ = (&self.stop_rx).read(&mut byte);
-                return Ok(None);
-            }
-            if let Some(blocked) = signals {
-                while let Some(sig) = blocked.take_pending().map_err(wait_error)? {
-                    if sig == libc::SIGINT || sig == libc::SIGTERM {
-                        return Ok(Some(sig));
-                    }
-                    if FORWARDED.contains(&sig) {
-                        for child in children.iter() {
-                            let _ = child.signal(sig);
-                        }
-                    }
-                    // SIGCHLD: reaped at the top of the loop.
-                }
-            }
-            if !accepting {
-                continue;
-            }
-            reap(children);
-            for (i, fd) in fds[first_listener..].iter().enumerate() {
-                if fd.revents == 0 {
-                    continue;
-                }
-                while children.len() < self.max_connections {
-                    let (conn, peer) = match self.listeners[i].socket.accept() {
-                        Ok(pair) => pair,
-                        Err(e) => match classify(&e) {
-                            AcceptFailure::Drained => break,
-                            AcceptFailure::ThisConnection => continue,
-                            AcceptFailure::Resources => {
-                                paused_until = Some(Instant::now() + BACKOFF);
-                                break;
-                            }
-                            AcceptFailure::Fatal => {
-                                return Err(accept_error(
-                                    "accept connections on",
-                                    &self.listeners[i].address,
-                                    e,
-                                ));
-                            }
-                        },
-                    };
-                    number += 1;
-                    let connection = Connection {
-                        number,
-                        listener: i,
-                        peer: peer.as_socket(),
-                    };
-                    match self.start(conn, &connection, make) {
-                        Ok(daemon) => {
-                            tracing::debug!(
-                                "connection {number} from {:?}: daemon pid {}",
-                                connection.peer,
-                                daemon.pid()
-                            );
-                            served.connections += 1;
-                            children.push(daemon);
-                        }
-                        Err(e @ Error::Spawn { .. }) => {
-                            tracing::warn!("connection {number}: no daemon started: {e}");
-                            served.failed += 1;
-                        }
-                        Err(e) => return Err(e),
-                    }
-                }
-                if paused_until.is_some() {
-                    break;
-                }
-            }
-        }
-    }
-
     /// Start the daemon for one connection; our copy of `conn` is closed when this returns.
-    fn start<F>(
+    fn start<F, L>(
         &self,
-        conn: Socket,
+        conn: &Socket,
         connection: &Connection,
         make: &mut F,
     ) -> Result<Launched, Error>
     where
-        F: FnMut(&Connection) -> Launch,
+        F: FnMut(&Connection) -> L,
+        L: IntoLaunch,
     {
         let listener = &self.listeners[connection.listener];
         // Daemons expect a blocking socket, as systemd passes it (on the BSDs an accepted
         // socket inherits the listener's O_NONBLOCK).
         conn.set_nonblocking(false)
             .map_err(|e| accept_error("set up a connection on", &listener.address, e))?;
-        let fd = OwnedFd::from(conn);
-        let mut launch = make(connection);
+        let fd = OwnedFd::from(conn.try_clone().map_err(|source| Error::Spawn {
+            program: "the daemon".into(),
+            step: "duplicating the connection",
+            source,
+        })?);
+        let mut launch = make(connection).into_launch()?;
         if let Some(peer) = connection.peer {
             let ip = match peer.ip() {
                 std::net::IpAddr::V6(v6) => v6
@@ -664,27 +538,207 @@ impl Acceptor {
     }
 }
 
-/// Reap every daemon that has exited.
-fn reap(children: &mut Vec<Launched>) {
-    // An error (ECHILD: someone else reaped it) also means it is gone.
-    children.retain_mut(|c| matches!(c.try_wait(), Ok(None)));
+/// What the closure of [`Acceptor::serve`] returns: a [`Launch`], or a `Result` of one (an
+/// error stops serving and is returned, e.g. an output file that cannot be opened).
+///
+/// ```
+/// use sd_launch::accept::IntoLaunch;
+/// let launch = Ok::<_, sd_launch::Error>(sd_launch::Launch::new("true")).into_launch()?;
+/// # let _ = launch;
+/// # Ok::<(), sd_launch::Error>(())
+/// ```
+pub trait IntoLaunch {
+    /// The launch, or why there is none.
+    fn into_launch(self) -> Result<Launch, Error>;
 }
 
-/// Send `signal` to every daemon, give them `grace` to exit, then `SIGKILL` the rest; all are
-/// reaped when this returns.
-fn stop(children: &mut Vec<Launched>, signal: i32, grace: Duration) {
-    reap(children);
-    for child in children.iter() {
-        let _ = child.signal(signal);
+impl IntoLaunch for Launch {
+    fn into_launch(self) -> Result<Launch, Error> {
+        Ok(self)
     }
-    let deadline = Instant::now() + grace;
-    for child in children.iter_mut() {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if !matches!(child.wait_timeout(left), Ok(Some(_))) {
-            let _ = child.kill();
+}
+
+impl IntoLaunch for Result<Launch, Error> {
+    fn into_launch(self) -> Result<Launch, Error> {
+        self
+    }
+}
+
+/// The accept policy of the supervisor's loop.
+struct Serve<'a, F> {
+    acceptor: &'a Acceptor,
+    make: F,
+    children: Vec<Launched>,
+    /// Connections accepted whose daemon could not start for want of fds yet.
+    waiting: VecDeque<(Socket, Connection)>,
+    served: Served,
+    number: u64,
+    /// Accepting pauses after `accept` failed for want of fds or memory.
+    paused_until: Option<Instant>,
+    /// A daemon could not be started for want of fds: accept nothing until one exits.
+    starved: bool,
+}
+
+impl<F, L> Serve<'_, F>
+where
+    F: FnMut(&Connection) -> L,
+    L: IntoLaunch,
+{
+    fn accepting(&self) -> bool {
+        self.children.len() < self.acceptor.max_connections
+            && self.paused_until.is_none()
+            && !self.starved
+            && self.waiting.is_empty()
+    }
+
+    /// Start a daemon for `conn`; on a shortage of fds keep the connection for later.
+    fn start(&mut self, conn: Socket, connection: Connection) -> Result<(), Error> {
+        match self.acceptor.start(&conn, &connection, &mut self.make) {
+            Ok(daemon) => {
+                tracing::debug!(
+                    "connection {} from {:?}: daemon pid {}",
+                    connection.number,
+                    connection.peer,
+                    daemon.pid()
+                );
+                self.served.connections += 1;
+                self.children.push(daemon);
+                Ok(())
+            }
+            Err(e) if out_of_fds(&e) && !self.children.is_empty() => {
+                if !self.starved {
+                    tracing::warn!(
+                        "connection {}: out of file descriptors (the fd limit, ulimit -n, is \
+                         reached): not accepting until a daemon exits",
+                        connection.number
+                    );
+                }
+                self.starved = true;
+                self.waiting.push_front((conn, connection));
+                Ok(())
+            }
+            Err(e @ (Error::Spawn { .. } | Error::Os { .. })) => {
+                let hint = if out_of_fds(&e) {
+                    " (the fd limit is reached: raise ulimit -n)"
+                } else {
+                    ""
+                };
+                tracing::warn!(
+                    "connection {}: no daemon started: {e}{hint}",
+                    connection.number
+                );
+                self.served.failed += 1;
+                Ok(())
+            }
+            Err(e) => Err(e),
         }
     }
-    children.clear();
+
+    fn accept_from(&mut self, i: usize) -> Result<(), Error> {
+        while self.accepting() {
+            let listener = &self.acceptor.listeners[i];
+            let (conn, peer) = match listener.socket.accept() {
+                Ok(pair) => pair,
+                Err(e) => match classify(&e) {
+                    AcceptFailure::Drained => return Ok(()),
+                    AcceptFailure::ThisConnection => continue,
+                    AcceptFailure::Resources => {
+                        tracing::warn!("accept on {}: {e}; pausing", listener.address);
+                        self.paused_until = Some(Instant::now() + BACKOFF);
+                        return Ok(());
+                    }
+                    AcceptFailure::Fatal => {
+                        return Err(accept_error("accept connections on", &listener.address, e));
+                    }
+                },
+            };
+            self.number += 1;
+            let connection = Connection {
+                number: self.number,
+                listener: i,
+                peer: peer.as_socket(),
+            };
+            self.start(conn, connection)?;
+        }
+        Ok(())
+    }
+
+    /// Reap daemon `pid` if it has exited; then retry the connections waiting for fds.
+    fn reap(&mut self, pid: u32) -> Result<(), Error> {
+        // An error (ECHILD: someone else reaped it) also means it is gone.
+        self.children
+            .retain_mut(|c| c.pid() != pid || matches!(c.try_wait(), Ok(None)));
+        self.starved = false;
+        while !self.starved
+            && self.children.len() < self.acceptor.max_connections
+            && let Some((conn, connection)) = self.waiting.pop_front()
+        {
+            self.start(conn, connection)?;
+        }
+        Ok(())
+    }
+}
+
+impl<F, L> Policy for Serve<'_, F>
+where
+    F: FnMut(&Connection) -> L,
+    L: IntoLaunch,
+{
+    /// The signal that stopped serving (`None` for the stopper).
+    type Output = Option<i32>;
+
+    fn watch(&self, watch: &mut Watch) {
+        watch.add(Key::Stop, self.acceptor.stop_rx.as_raw_fd());
+        for child in &self.children {
+            if let Some(fd) = child.child().pidfd() {
+                watch.add(Key::Child(child.pid()), fd);
+            }
+        }
+        if self.accepting() {
+            for (i, l) in self.acceptor.listeners.iter().enumerate() {
+                watch.add(Key::Listener(i), l.socket.as_raw_fd());
+            }
+        }
+    }
+
+    fn deadline(&self) -> Option<Instant> {
+        self.paused_until
+    }
+
+    fn handle(&mut self, event: Event) -> Result<Option<Option<i32>>, Error> {
+        match event {
+            Event::Readable(Key::Stop) => {
+                let mut byte = [0u8; 16];
+                let _ = (&self.acceptor.stop_rx).read(&mut byte);
+                Ok(Some(None))
+            }
+            Event::Readable(Key::Child(pid)) => self.reap(pid).map(|()| None),
+            Event::Readable(Key::Listener(i)) => self.accept_from(i).map(|()| None),
+            Event::Readable(Key::Notify) => Ok(None),
+            Event::Signal(sig @ (libc::SIGINT | libc::SIGTERM)) => Ok(Some(Some(sig))),
+            Event::Signal(sig) => {
+                if FORWARDED.contains(&sig) {
+                    for child in &self.children {
+                        let _ = child.child().forward(sig);
+                    }
+                }
+                Ok(None)
+            }
+            Event::Deadline => {
+                self.paused_until = None;
+                Ok(None)
+            }
+        }
+    }
+}
+
+/// Whether `e` is a shortage of file descriptors.
+fn out_of_fds(e: &Error) -> bool {
+    let source = match e {
+        Error::Spawn { source, .. } | Error::Os { source, .. } => source,
+        _ => return false,
+    };
+    matches!(source.raw_os_error(), Some(libc::EMFILE | libc::ENFILE))
 }
 
 enum AcceptFailure {
@@ -719,32 +773,6 @@ fn classify(e: &io::Error) -> AcceptFailure {
         }
         _ => AcceptFailure::Fatal,
     }
-}
-
-fn pollfd(fd: std::os::fd::RawFd) -> libc::pollfd {
-    libc::pollfd {
-        fd,
-        events: libc::POLLIN,
-        revents: 0,
-    }
-}
-
-/// `poll` until something is ready or `timeout` passes (`None`: no timeout); `EINTR` counts
-/// as a timeout.
-fn poll(fds: &mut [libc::pollfd], timeout: Option<Duration>) -> io::Result<()> {
-    let ms = timeout.map_or(-1, |t| {
-        t.as_millis().clamp(1, i32::MAX as u128) as libc::c_int
-    });
-    // SAFETY: poll reads and writes `fds`, a valid slice of pollfd structs we own.
-    let r = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, ms) };
-    if r < 0 {
-        let err = io::Error::last_os_error();
-        if err.raw_os_error() != Some(libc::EINTR) {
-            return Err(err);
-        }
-        fds.iter_mut().for_each(|f| f.revents = 0);
-    }
-    Ok(())
 }
 
 fn accept_error(action: &'static str, address: &Address, source: io::Error) -> Error {

@@ -16,16 +16,12 @@
 
 use serde_json::{Value, json};
 
-use crate::launched::LaunchedSocket;
-use crate::spec::Address;
+use sd_launch::{Address, LaunchedSocket, SocketKind};
 
 /// The output formats of `sd-launch`.
 ///
-/// ```
-/// assert_eq!("json".parse::<sd_launch::output::Format>(), Ok(sd_launch::output::Format::Json));
-/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Format {
+pub(crate) enum Format {
     /// `KEY=value` lines.
     Env,
     /// One JSON object on one line.
@@ -46,19 +42,7 @@ impl std::str::FromStr for Format {
 
 /// Render a launch: `pid` and its `sockets` in `format`, with `prefix` for env lines. The
 /// result ends with a newline and is meant to be written in one piece.
-///
-/// ```
-/// use sd_launch::{output::{render, Format}, Address, LaunchedSocket};
-/// let tcp = LaunchedSocket { fd: 3, name: None, kind: "tcp",
-///     address: Some(Address::Inet("127.0.0.1:4000".parse().unwrap())) };
-/// assert_eq!(render(Format::Env, "LAUNCHED_", 42, &[tcp.clone()]),
-///            "LAUNCHED_PORT=4000\nLAUNCHED_PID=42\n");
-/// let json: serde_json::Value = serde_json::from_str(&render(Format::Json, "", 42, &[tcp]))?;
-/// assert_eq!(json, serde_json::json!({"pid": 42, "sockets": [
-///     {"fd": 3, "name": null, "kind": "tcp", "address": "127.0.0.1:4000", "port": 4000}]}));
-/// # Ok::<(), serde_json::Error>(())
-/// ```
-pub fn render(format: Format, prefix: &str, pid: u32, sockets: &[LaunchedSocket]) -> String {
+pub(crate) fn render(format: Format, prefix: &str, pid: u32, sockets: &[LaunchedSocket]) -> String {
     match format {
         Format::Env => env(prefix, pid, sockets),
         Format::Json => format!("{}\n", json(pid, sockets)),
@@ -76,14 +60,14 @@ fn env(prefix: &str, pid: u32, sockets: &[LaunchedSocket]) -> String {
     let mut out = String::new();
     let main_port = sockets
         .iter()
-        .find(|s| s.kind == "tcp")
+        .find(|s| s.kind == SocketKind::Tcp)
         .or_else(|| sockets.iter().find(|s| port(s).is_some()))
         .and_then(port);
     if let Some(p) = main_port {
         out.push_str(&format!("{prefix}PORT={p}\n"));
     }
     out.push_str(&format!("{prefix}PID={pid}\n"));
-    let only_default = sockets.len() == 1 && sockets[0].kind == "tcp";
+    let only_default = sockets.len() == 1 && sockets[0].kind == SocketKind::Tcp;
     if !only_default {
         for (i, s) in sockets.iter().enumerate() {
             match &s.address {
@@ -112,7 +96,7 @@ fn json(pid: u32, sockets: &[LaunchedSocket]) -> Value {
             let mut o = json!({
                 "fd": s.fd,
                 "name": s.name,
-                "kind": s.kind,
+                "kind": s.kind.to_string(),
                 "address": s.address.as_ref().map(ToString::to_string),
             });
             if let Some(p) = port(s) {
@@ -138,7 +122,7 @@ fn shell_quote(v: &str) -> String {
 mod tests {
     use super::*;
 
-    fn sock(fd: i32, kind: &'static str, address: Address) -> LaunchedSocket {
+    fn sock(fd: i32, kind: SocketKind, address: Address) -> LaunchedSocket {
         LaunchedSocket {
             fd,
             name: None,
@@ -150,9 +134,21 @@ mod tests {
     #[test]
     fn several_sockets_are_listed_by_index_and_port_is_the_first_tcp_one() {
         let sockets = [
-            sock(3, "unix-stream", Address::Unix("/tmp/a b.sock".into())),
-            sock(4, "udp", Address::Inet("127.0.0.1:53".parse().unwrap())),
-            sock(5, "tcp", Address::Inet("[::1]:80".parse().unwrap())),
+            sock(
+                3,
+                SocketKind::UnixStream,
+                Address::Unix("/tmp/a b.sock".into()),
+            ),
+            sock(
+                4,
+                SocketKind::Udp,
+                Address::Inet("127.0.0.1:53".parse().unwrap()),
+            ),
+            sock(
+                5,
+                SocketKind::Tcp,
+                Address::Inet("[::1]:80".parse().unwrap()),
+            ),
         ];
         assert_eq!(
             render(Format::Env, "POLIPO_", 7, &sockets),
@@ -163,12 +159,31 @@ mod tests {
 
     #[test]
     fn json_is_one_parseable_line() {
-        let s = sock(3, "unix-stream", Address::Abstract(b"x".to_vec()));
+        let s = sock(3, SocketKind::UnixStream, Address::Abstract(b"x".to_vec()));
         let out = render(Format::Json, "", 1, &[s]);
         assert_eq!(out.lines().count(), 1);
         let v: Value = serde_json::from_str(&out).unwrap();
         assert_eq!(v["sockets"][0]["address"], "@x");
         assert!(v["sockets"][0].get("port").is_none());
+    }
+
+    #[test]
+    fn the_default_launch_prints_the_two_lines_of_sd_popen() {
+        let tcp = sock(
+            3,
+            SocketKind::Tcp,
+            Address::Inet("127.0.0.1:4000".parse().unwrap()),
+        );
+        assert_eq!(
+            render(Format::Env, "LAUNCHED_", 42, std::slice::from_ref(&tcp)),
+            "LAUNCHED_PORT=4000\nLAUNCHED_PID=42\n"
+        );
+        let json: Value = serde_json::from_str(&render(Format::Json, "", 42, &[tcp])).unwrap();
+        assert_eq!(
+            json,
+            json!({"pid": 42, "sockets": [
+                {"fd": 3, "name": null, "kind": "tcp", "address": "127.0.0.1:4000", "port": 4000}]})
+        );
     }
 
     #[test]

@@ -21,21 +21,21 @@ use std::path::{Path, PathBuf};
 
 use socket2::{Domain, SockAddr, Socket, Type};
 
+use super::spec::{Address, SocketSpec, Transport};
 use crate::error::Error;
-use crate::spec::{Address, SocketSpec, Transport};
 
 /// The default listen backlog: `i32::MAX`, which the kernel clamps to `net.core.somaxconn`
 /// (4096 on current Linux), as systemd does.
 ///
 /// ```
-/// assert_eq!(sd_launch::socket::DEFAULT_BACKLOG, i32::MAX);
+/// assert_eq!(sd_launch::sockets::DEFAULT_BACKLOG, i32::MAX);
 /// ```
 pub const DEFAULT_BACKLOG: i32 = i32::MAX;
 
 /// The default mode of a Unix socket file: read/write for the owner only.
 ///
 /// ```
-/// assert_eq!(sd_launch::socket::DEFAULT_UNIX_MODE, 0o600);
+/// assert_eq!(sd_launch::sockets::DEFAULT_UNIX_MODE, 0o600);
 /// ```
 pub const DEFAULT_UNIX_MODE: u32 = 0o600;
 
@@ -44,68 +44,26 @@ const MAX_UNIX_PATH: usize = 107;
 
 /// A socket created from a spec: the fd, the address it actually got (the real port for
 /// port 0), and the socket file it created, which [`CreatedPath`] removes when dropped.
-///
-/// ```
-/// use sd_launch::{socket, Address, SocketSpec};
-/// let bound = socket::bind(&SocketSpec::loopback(), socket::DEFAULT_BACKLOG, socket::DEFAULT_UNIX_MODE)?;
-/// let Address::Inet(addr) = bound.address else { unreachable!() };
-/// assert_ne!(addr.port(), 0);
-/// # Ok::<(), sd_launch::Error>(())
-/// ```
 #[derive(Debug)]
-pub struct Bound {
+pub(crate) struct Bound {
     /// The socket, close-on-exec.
-    pub fd: OwnedFd,
+    pub(crate) fd: OwnedFd,
     /// The address it is bound to (an absolute path for a Unix socket file).
-    pub address: Address,
+    pub(crate) address: Address,
     /// The socket file this call created, if any.
-    pub created: Option<CreatedPath>,
+    pub(crate) created: Option<CreatedPath>,
 }
 
 /// A Unix socket file this crate created; removed when dropped, unless [`CreatedPath::keep`]
 /// was called.
-///
-/// ```
-/// let dir = tempfile::tempdir().unwrap();
-/// let path = dir.path().join("x.sock");
-/// let spec = sd_launch::SocketSpec::new(sd_launch::Address::Unix(path.clone()));
-/// let bound = sd_launch::socket::bind(&spec, 16, 0o600)?;
-/// assert!(path.exists());
-/// drop(bound);
-/// assert!(!path.exists());
-/// # Ok::<(), sd_launch::Error>(())
-/// ```
 #[derive(Debug)]
-pub struct CreatedPath {
+pub(crate) struct CreatedPath {
     path: Option<PathBuf>,
 }
 
 impl CreatedPath {
-    /// The path.
-    ///
-    /// ```
-    /// # let dir = tempfile::tempdir().unwrap();
-    /// # let spec = sd_launch::SocketSpec::new(sd_launch::Address::Unix(dir.path().join("a")));
-    /// let bound = sd_launch::socket::bind(&spec, 16, 0o600)?;
-    /// assert!(bound.created.as_ref().unwrap().path().ends_with("a"));
-    /// # Ok::<(), sd_launch::Error>(())
-    /// ```
-    pub fn path(&self) -> &Path {
-        self.path.as_deref().expect("path is only taken by keep()")
-    }
-
     /// Leave the file in place when dropped (the daemon outlives us and still uses it).
-    ///
-    /// ```
-    /// # let dir = tempfile::tempdir().unwrap();
-    /// # let p = dir.path().join("a");
-    /// # let spec = sd_launch::SocketSpec::new(sd_launch::Address::Unix(p.clone()));
-    /// let bound = sd_launch::socket::bind(&spec, 16, 0o600)?;
-    /// let kept = bound.created.unwrap().keep();
-    /// assert!(kept.exists());
-    /// # Ok::<(), sd_launch::Error>(())
-    /// ```
-    pub fn keep(mut self) -> PathBuf {
+    pub(crate) fn keep(mut self) -> PathBuf {
         self.path.take().expect("path is only taken by keep()")
     }
 }
@@ -120,14 +78,7 @@ impl Drop for CreatedPath {
 
 /// Create the socket `spec` describes: bind it, and listen on stream and seqpacket sockets
 /// with `backlog`; a Unix socket file gets `mode`.
-///
-/// ```
-/// use sd_launch::{socket, SocketSpec, Transport};
-/// let udp = socket::bind(&SocketSpec::loopback().transport(Transport::Datagram), 1, 0o600)?;
-/// assert!(udp.created.is_none());
-/// # Ok::<(), sd_launch::Error>(())
-/// ```
-pub fn bind(spec: &SocketSpec, backlog: i32, mode: u32) -> Result<Bound, Error> {
+pub(crate) fn bind(spec: &SocketSpec, backlog: i32, mode: u32) -> Result<Bound, Error> {
     let ty = match spec.transport {
         Transport::Stream => Type::STREAM,
         Transport::Datagram => Type::DGRAM,

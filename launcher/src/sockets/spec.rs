@@ -136,21 +136,136 @@ impl SocketSpec {
         self
     }
 
-    /// The kind of socket this spec creates: `tcp`, `udp`, `unix-stream`, `unix-dgram`,
-    /// `unix-seqpacket` (or `inet-seqpacket`, which [`crate::socket`] refuses).
+    /// The kind of socket this spec creates.
     ///
     /// ```
-    /// assert_eq!(sd_launch::SocketSpec::loopback().kind(), "tcp");
+    /// use sd_launch::{SocketKind, SocketSpec};
+    /// assert_eq!(SocketSpec::loopback().kind(), SocketKind::Tcp);
     /// ```
-    pub fn kind(&self) -> &'static str {
-        match (&self.address, self.transport) {
-            (Address::Inet(_), Transport::Stream) => "tcp",
-            (Address::Inet(_), Transport::Datagram) => "udp",
-            (Address::Inet(_), Transport::SeqPacket) => "inet-seqpacket",
-            (_, Transport::Stream) => "unix-stream",
-            (_, Transport::Datagram) => "unix-dgram",
-            (_, Transport::SeqPacket) => "unix-seqpacket",
+    pub fn kind(&self) -> SocketKind {
+        SocketKind::of(&self.address, self.transport)
+    }
+}
+
+/// What kind of socket (or fd) a daemon gets. `Display` is the name used in `sd-launch`'s
+/// output and in a [`SocketSpec`]'s `kind:address` form: `tcp`, `udp`, `unix-stream`,
+/// `unix-dgram`, `unix-seqpacket`, `socket` (a passed socket of another kind) or `fd` (a
+/// passed fd that is not a socket).
+///
+/// ```
+/// use sd_launch::SocketKind;
+/// assert_eq!(SocketKind::UnixDgram.to_string(), "unix-dgram");
+/// assert_eq!("udp".parse::<SocketKind>(), Ok(SocketKind::Udp));
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SocketKind {
+    /// TCP (stream over IPv4 or IPv6).
+    Tcp,
+    /// UDP (datagram over IPv4 or IPv6).
+    Udp,
+    /// A Unix stream socket.
+    UnixStream,
+    /// A Unix datagram socket.
+    UnixDgram,
+    /// A Unix sequential-packet socket.
+    UnixSeqPacket,
+    /// A passed socket of another family or type.
+    Socket,
+    /// A passed fd that is not a socket.
+    Fd,
+}
+
+impl SocketKind {
+    const NAMES: [(SocketKind, &'static str); 7] = [
+        (SocketKind::Tcp, "tcp"),
+        (SocketKind::Udp, "udp"),
+        (SocketKind::UnixStream, "unix-stream"),
+        (SocketKind::UnixDgram, "unix-dgram"),
+        (SocketKind::UnixSeqPacket, "unix-seqpacket"),
+        (SocketKind::Socket, "socket"),
+        (SocketKind::Fd, "fd"),
+    ];
+
+    /// The kind of socket created on `address` with `transport` (an IP address with
+    /// seqpacket, which cannot be created, is [`SocketKind::Socket`]).
+    ///
+    /// ```
+    /// use sd_launch::{Address, SocketKind, Transport};
+    /// let path = Address::Unix("/run/x.sock".into());
+    /// assert_eq!(SocketKind::of(&path, Transport::Stream), SocketKind::UnixStream);
+    /// ```
+    pub fn of(address: &Address, transport: Transport) -> SocketKind {
+        match (address, transport) {
+            (Address::Inet(_), Transport::Stream) => SocketKind::Tcp,
+            (Address::Inet(_), Transport::Datagram) => SocketKind::Udp,
+            (Address::Inet(_), Transport::SeqPacket) => SocketKind::Socket,
+            (_, Transport::Stream) => SocketKind::UnixStream,
+            (_, Transport::Datagram) => SocketKind::UnixDgram,
+            (_, Transport::SeqPacket) => SocketKind::UnixSeqPacket,
         }
+    }
+
+    /// The kind of a socket as the receiver inspects it (listenfd-core's vocabulary).
+    ///
+    /// ```
+    /// use listenfd_core::{Family, SocketType};
+    /// use sd_launch::SocketKind;
+    /// assert_eq!(SocketKind::from_socket(Family::Inet6, SocketType::Dgram), SocketKind::Udp);
+    /// ```
+    pub fn from_socket(
+        family: listenfd_core::Family,
+        socket_type: listenfd_core::SocketType,
+    ) -> SocketKind {
+        use listenfd_core::{Family, SocketType};
+        match (family, socket_type) {
+            (Family::Inet | Family::Inet6, SocketType::Stream) => SocketKind::Tcp,
+            (Family::Inet | Family::Inet6, SocketType::Dgram) => SocketKind::Udp,
+            (Family::Unix, SocketType::Stream) => SocketKind::UnixStream,
+            (Family::Unix, SocketType::Dgram) => SocketKind::UnixDgram,
+            (Family::Unix, SocketType::SeqPacket) => SocketKind::UnixSeqPacket,
+            _ => SocketKind::Socket,
+        }
+    }
+
+    /// The transport of a kind that a [`SocketSpec`] can create.
+    fn transport(self) -> Option<Transport> {
+        match self {
+            SocketKind::Tcp | SocketKind::UnixStream => Some(Transport::Stream),
+            SocketKind::Udp | SocketKind::UnixDgram => Some(Transport::Datagram),
+            SocketKind::UnixSeqPacket => Some(Transport::SeqPacket),
+            SocketKind::Socket | SocketKind::Fd => None,
+        }
+    }
+
+    /// Whether this kind has an IP address and port.
+    ///
+    /// ```
+    /// assert!(sd_launch::SocketKind::Udp.is_inet());
+    /// ```
+    pub fn is_inet(self) -> bool {
+        matches!(self, SocketKind::Tcp | SocketKind::Udp)
+    }
+}
+
+impl fmt::Display for SocketKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let name = SocketKind::NAMES
+            .iter()
+            .find(|(k, _)| k == self)
+            .map_or("socket", |(_, n)| n);
+        f.write_str(name)
+    }
+}
+
+impl FromStr for SocketKind {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<SocketKind, String> {
+        SocketKind::NAMES
+            .iter()
+            .find(|(_, n)| *n == s)
+            .map(|(k, _)| *k)
+            .ok_or_else(|| format!("unknown socket kind {s:?}"))
     }
 }
 
@@ -163,7 +278,21 @@ impl fmt::Display for SocketSpec {
 impl FromStr for SocketSpec {
     type Err = Error;
 
+    /// An address in `-l` syntax, optionally after the kind that `Display` prints
+    /// (`tcp:127.0.0.1:0`, `unix-dgram:@app`): `Display` and `FromStr` round-trip.
     fn from_str(input: &str) -> Result<SocketSpec, Error> {
+        if let Some((kind, rest)) = input.split_once(':')
+            && let Ok(kind) = kind.parse::<SocketKind>()
+        {
+            let address = parse_address(rest)?;
+            let transport = kind
+                .transport()
+                .filter(|t| SocketKind::of(&address, *t) == kind)
+                .ok_or_else(|| {
+                    invalid(input, format!("a {kind} socket cannot listen on {address}"))
+                })?;
+            return Ok(SocketSpec::new(address).transport(transport));
+        }
         parse_address(input).map(SocketSpec::new)
     }
 }
@@ -304,19 +433,32 @@ mod tests {
     #[test]
     fn kinds() {
         let unix = SocketSpec::new(Address::Unix("/x".into()));
-        assert_eq!(unix.kind(), "unix-stream");
+        assert_eq!(unix.kind(), SocketKind::UnixStream);
         assert_eq!(
             unix.clone().transport(Transport::Datagram).kind(),
-            "unix-dgram"
+            SocketKind::UnixDgram
         );
         assert_eq!(
             unix.transport(Transport::SeqPacket).kind(),
-            "unix-seqpacket"
+            SocketKind::UnixSeqPacket
         );
         assert_eq!(
             SocketSpec::loopback().transport(Transport::Datagram).kind(),
-            "udp"
+            SocketKind::Udp
         );
+    }
+
+    #[test]
+    fn a_kind_that_cannot_be_created_on_the_address_is_refused() {
+        for input in [
+            "tcp:/x.sock",
+            "udp:@app",
+            "unix-stream:127.0.0.1:0",
+            "fd:/x",
+        ] {
+            let err = input.parse::<SocketSpec>().unwrap_err();
+            assert_eq!(err.exit_code(), 2, "{input}: {err}");
+        }
     }
 
     /// Any address `Display` can print: IPv4/IPv6 (with scope ids), Unix paths with any
@@ -375,6 +517,26 @@ mod tests {
                 proptest::test_runner::TestCaseError::fail(format!("{printed:?}: {e}"))
             })?;
             proptest::prop_assert_eq!(parsed.address, address);
+        }
+
+        /// A spec's `Display` (`kind:address`, as errors and `--format json` show it) parses
+        /// back to the same address and transport, so a user can copy it into `-l`.
+        #[test]
+        fn spec_display_parse_round_trip(
+            address in any_address(),
+            transport in proptest::prop_oneof![
+                proptest::strategy::Just(Transport::Stream),
+                proptest::strategy::Just(Transport::Datagram),
+                proptest::strategy::Just(Transport::SeqPacket),
+            ],
+        ) {
+            let spec = SocketSpec::new(address).transport(transport);
+            proptest::prop_assume!(spec.kind() != SocketKind::Socket); // inet seqpacket
+            let printed = spec.to_string();
+            let parsed: SocketSpec = printed.parse().map_err(|e| {
+                proptest::test_runner::TestCaseError::fail(format!("{printed:?}: {e}"))
+            })?;
+            proptest::prop_assert_eq!(parsed, spec);
         }
 
         #[test]

@@ -1,0 +1,375 @@
+//! The command line of `sd-launch`: clap's definition, and its validation into a
+//! [`Mode`] and a [`Launch`].
+
+use std::ffi::{OsStr, OsString};
+use std::fs::{File, OpenOptions};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::Parser;
+use sd_launch::accept::{self, Pass};
+use sd_launch::sockets::split_fd_names;
+use sd_launch::supervisor::restart::Restart;
+use sd_launch::{Error, Launch, SocketSpec, Stdio, Transport};
+
+use crate::output::Format;
+
+const AFTER_HELP: &str = "\
+Examples:
+  A shell test script (the daemon keeps running after sd-launch exits):
+    export $(sd-launch -- my-daemon --config test.conf)
+    curl http://127.0.0.1:$LAUNCHED_PORT/
+    kill $LAUNCHED_PID
+
+  A supervisor (stays in the foreground, forwards signals, exits with the daemon's status):
+    sd-launch --foreground -l 8080 -l /run/app/admin.sock --fdname http:admin -- my-daemon
+
+  A quick curl demo:
+    eval \"$(sd-launch --outfile server.log -- demo-server)\" && curl -s localhost:$LAUNCHED_PORT/
+
+  Accept mode, one daemon per connection (systemd Accept=yes; runs in the foreground,
+  LAUNCHED_PID is sd-launch's own pid, SIGINT/SIGTERM stop it and its daemons, exit 0):
+    sd-launch --accept -l 8080 -- my-daemon            # connection at fd 3, LISTEN_FDS=1,
+                                                       # LISTEN_FDNAMES=connection
+    sd-launch --accept --inetd -l 7000 -- cat          # inetd: connection on stdin/stdout
+    sd-launch --accept --max-connections 4 -l ./app.sock --fdname api -- my-daemon
+
+Output (env format): LAUNCHED_PORT=<first TCP port>, LAUNCHED_PID=<pid>; with several
+sockets or a non-TCP one also LAUNCHED_PORT_<i>, LAUNCHED_ADDR_<i>, LAUNCHED_PATH_<i>
+(i = 0 for fd 3). --format json prints one object with pid and every socket's fd, name,
+kind, address and port.
+
+Logging: RUST_LOG=debug sd-launch ... shows sockets, spawns, forwarded signals and
+notifications on stderr (default: info, restarts and escalations only).
+
+Exit codes: 0 launched; 2 invalid command line (address, fd name, name count,
+conflicting options); 3 a socket could not be created (address in use, privileged
+port, path taken); 4 the daemon could not be started or supervised (fork, chdir,
+output files, stdout closed or unwritable); 5 the daemon exited before it was ready
+(--ready); 6 it was not ready in time (--ready=TIMEOUT); 126 program not executable;
+127 program not found; 128+N signal N stopped sd-launch during --ready. With
+--foreground or --restart, the daemon's exit code, or 128+N when signal N killed it.";
+
+/// Start a daemon with listening sockets at fd 3, 4, ... and LISTEN_FDS, LISTEN_PID set
+/// (systemd socket activation, no systemd needed). Prints the port and pid, then exits
+/// leaving the daemon running, or supervises it with --foreground.
+#[derive(Debug, Parser)]
+#[command(name = "sd-launch", version, after_help = AFTER_HELP)]
+pub(crate) struct Args {
+    /// Listen on ADDR (repeatable, in fd order): PORT or HOST:PORT (IP address or
+    /// localhost; a bare PORT is 127.0.0.1), [V6]:PORT, /path or ./path (Unix socket),
+    /// @name (abstract). Default: 127.0.0.1:0, a free loopback port.
+    #[arg(short, long = "listen", value_name = "ADDR")]
+    pub(crate) listen: Vec<String>,
+
+    /// Datagram sockets (UDP, Unix datagram) instead of stream.
+    #[arg(short, long, conflicts_with = "seqpacket")]
+    pub(crate) datagram: bool,
+
+    /// Sequential-packet sockets (Unix only).
+    #[arg(long)]
+    pub(crate) seqpacket: bool,
+
+    /// Name the sockets in LISTEN_FDNAMES, one per socket in order: repeat the option, or
+    /// separate names with ':'. The count must match the sockets.
+    #[arg(long = "fdname", value_name = "NAME[:NAME...]")]
+    pub(crate) fdname: Vec<String>,
+
+    /// Listen backlog (default: the kernel's maximum, net.core.somaxconn).
+    #[arg(long, value_name = "N")]
+    pub(crate) backlog: Option<i32>,
+
+    /// Mode of Unix socket files, in octal.
+    #[arg(long, value_name = "OCTAL", default_value = "600", value_parser = parse_mode)]
+    pub(crate) socket_mode: u32,
+
+    /// Set VAR for the daemon; VAR alone passes our own value of VAR.
+    #[arg(short = 'E', long = "setenv", value_name = "VAR[=VALUE]")]
+    pub(crate) setenv: Vec<OsString>,
+
+    /// Do not set LISTEN_PID, for a daemon behind an intermediary (cargo run, a shell
+    /// wrapper) that needs a lenient receiver. Any descendant may then take the sockets.
+    #[arg(long)]
+    pub(crate) no_pid: bool,
+
+    /// Send the daemon's stdout and stderr to FILE (default: /dev/null; with --foreground,
+    /// inherited).
+    #[arg(long, value_name = "FILE")]
+    pub(crate) outfile: Option<PathBuf>,
+
+    /// Send the daemon's stdout to FILE.
+    #[arg(long, value_name = "FILE", conflicts_with = "outfile")]
+    pub(crate) stdout: Option<PathBuf>,
+
+    /// Send the daemon's stderr to FILE.
+    #[arg(long, value_name = "FILE", conflicts_with = "outfile")]
+    pub(crate) stderr: Option<PathBuf>,
+
+    /// Prefix of the printed variable names.
+    #[arg(long, value_name = "PFX", default_value = "LAUNCHED_")]
+    pub(crate) prefix: String,
+
+    /// Output format: env (KEY=value lines) or json.
+    #[arg(long, value_name = "FORMAT", default_value = "env", value_parser = parse_format)]
+    pub(crate) format: Format,
+
+    /// Stay in the foreground: forward SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2 to
+    /// the daemon and exit with its status. The daemon gets SIGKILL if sd-launch dies
+    /// (Linux), and Unix socket files are removed at the end.
+    #[arg(long, visible_alias = "wait")]
+    pub(crate) foreground: bool,
+
+    /// Wait until the daemon sends READY=1 (sd_notify, through a private NOTIFY_SOCKET)
+    /// before printing the output; fail (exit 5) if it exits first, or (exit 6) after
+    /// TIMEOUT seconds (default 30). The daemon's own output may then come before ours.
+    #[arg(
+        long,
+        value_name = "TIMEOUT",
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "30",
+        value_parser = parse_seconds
+    )]
+    pub(crate) ready: Option<Duration>,
+
+    /// Keep the sockets open and restart the daemon on SIGHUP: the new one starts (and,
+    /// with --ready, is ready) before the old one gets SIGTERM, so no connection is refused.
+    /// on-exit also restarts a daemon that exits by itself, with a backoff (100 ms to 10 s).
+    /// Implies --foreground.
+    #[arg(
+        long,
+        value_name = "POLICY",
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "on-hup",
+        value_parser = ["on-hup", "on-exit"]
+    )]
+    pub(crate) restart: Option<String>,
+
+    /// With --foreground: seconds a daemon may take to exit after SIGTERM, SIGINT or SIGQUIT
+    /// (and an old daemon to drain after a restart) before it gets SIGKILL.
+    #[arg(long, value_name = "SECS", default_value = "10", value_parser = parse_seconds)]
+    pub(crate) stop_timeout: Duration,
+
+    /// Accept mode: accept each connection and start one daemon per connection with it at
+    /// fd 3 (LISTEN_FDS=1, LISTEN_FDNAMES = the listener's --fdname or "connection",
+    /// REMOTE_ADDR/REMOTE_PORT for TCP), as systemd Accept=yes and systemd-socket-activate
+    /// -a do. Always in the foreground: prints the listening addresses (LAUNCHED_PID is
+    /// sd-launch's own pid), reaps daemons as they exit, forwards SIGHUP, SIGQUIT, SIGUSR1,
+    /// SIGUSR2 to them; SIGINT/SIGTERM stop accepting, go to every daemon (SIGKILL after
+    /// --stop-timeout) and sd-launch exits 0. Daemons' stdin is /dev/null.
+    #[arg(
+        short = 'a',
+        long,
+        conflicts_with_all = ["restart", "ready", "datagram"]
+    )]
+    pub(crate) accept: bool,
+
+    /// With --accept: pass each connection as the daemon's stdin and stdout instead, with no
+    /// LISTEN_* variables (inetd style, systemd StandardInput=socket). Requires --accept, as
+    /// in systemd-socket-activate, whose --inetd alone means something else.
+    #[arg(long, requires = "accept", conflicts_with_all = ["fdname", "stdout", "outfile"])]
+    pub(crate) inetd: bool,
+
+    /// With --accept: at most N daemons at once (systemd's MaxConnections= default is 64).
+    /// Further connections wait in the listen backlog until one exits (systemd refuses
+    /// them instead).
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 64,
+        requires = "accept",
+        value_parser = clap::value_parser!(u32).range(1..)
+    )]
+    pub(crate) max_connections: u32,
+
+    /// The daemon and its arguments.
+    #[arg(
+        required = true,
+        trailing_var_arg = true,
+        value_name = "PROGRAM [ARGS]..."
+    )]
+    pub(crate) command: Vec<OsString>,
+}
+
+/// What sd-launch does, from the options.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Mode {
+    /// Start, print, leave the daemon running.
+    Background,
+    /// Start, print, supervise until the daemon exits.
+    Foreground,
+    /// Supervise, restarting the daemon on SIGHUP (and on exit with `on-exit`).
+    Restart(Restart),
+    /// One daemon per connection.
+    Accept(Pass),
+}
+
+impl Args {
+    /// Whether sd-launch stays in the foreground (`--restart` implies it).
+    pub(crate) fn stays(&self) -> bool {
+        self.foreground || self.restart.is_some()
+    }
+}
+
+fn parse_seconds(s: &str) -> Result<Duration, String> {
+    s.parse::<f64>()
+        .ok()
+        .filter(|secs| secs.is_finite() && *secs >= 0.0 && *secs <= 1e9)
+        .map(Duration::from_secs_f64)
+        .ok_or_else(|| format!("{s:?} is not a number of seconds such as 5 or 0.5"))
+}
+
+fn parse_mode(s: &str) -> Result<u32, String> {
+    u32::from_str_radix(s, 8)
+        .ok()
+        .filter(|m| *m <= 0o7777)
+        .ok_or_else(|| format!("{s:?} is not an octal file mode such as 600 or 660"))
+}
+
+impl Args {
+    /// The mode these options ask for.
+    pub(crate) fn mode(&self) -> Mode {
+        if self.accept {
+            Mode::Accept(if self.inetd { Pass::Inetd } else { Pass::Fd })
+        } else if let Some(policy) = &self.restart {
+            Mode::Restart(policy.parse().expect("clap checked the value"))
+        } else if self.foreground {
+            Mode::Foreground
+        } else {
+            Mode::Background
+        }
+    }
+
+    fn transport(&self) -> Transport {
+        if self.datagram {
+            Transport::Datagram
+        } else if self.seqpacket {
+            Transport::SeqPacket
+        } else {
+            Transport::Stream
+        }
+    }
+
+    /// The listen specs, with transport and names.
+    fn specs(&self) -> Result<Vec<SocketSpec>, Error> {
+        let addresses: Vec<&str> = if self.listen.is_empty() {
+            vec!["127.0.0.1:0"]
+        } else {
+            self.listen.iter().map(String::as_str).collect()
+        };
+        let names = split_fd_names(&self.fdname, addresses.len())?;
+        addresses
+            .iter()
+            .enumerate()
+            .map(|(i, a)| {
+                let spec = a.parse::<SocketSpec>()?.transport(self.transport());
+                Ok(match names.get(i) {
+                    Some(name) => spec.name(name),
+                    None => spec,
+                })
+            })
+            .collect()
+    }
+
+    /// The daemon's launch, without sockets (accept mode adds the connection).
+    pub(crate) fn daemon(&self) -> Result<Launch, Error> {
+        let (program, rest) = self.command.split_first().expect("clap requires a command");
+        let mut launch = Launch::new(program).args(rest).no_pid(self.no_pid);
+        for entry in &self.setenv {
+            let bytes = entry.as_bytes();
+            launch = match bytes.iter().position(|&b| b == b'=') {
+                // Split the raw bytes: names and values pass verbatim, UTF-8 or not.
+                Some(eq) => launch.env(
+                    OsStr::from_bytes(&bytes[..eq]),
+                    OsStr::from_bytes(&bytes[eq + 1..]),
+                ),
+                None => match std::env::var_os(entry) {
+                    Some(v) => launch.env(entry, v),
+                    None => launch,
+                },
+            };
+        }
+        let stays = self.stays() || self.accept;
+        if stays {
+            launch = launch.parent_death_signal(libc::SIGKILL);
+        }
+        let default = || {
+            if stays {
+                Stdio::inherit()
+            } else {
+                Stdio::null()
+            }
+        };
+        launch = launch.stdin(if self.accept {
+            Stdio::null()
+        } else {
+            default()
+        });
+        if let Some(path) = &self.outfile {
+            let file = open_out(path, "stdout and stderr")?;
+            let copy = file.try_clone().map_err(|source| Error::Stdio {
+                path: path.clone(),
+                stream: "stderr",
+                source,
+            })?;
+            return Ok(launch.stdout(file).stderr(copy));
+        }
+        launch = match &self.stdout {
+            Some(p) => launch.stdout(open_out(p, "stdout")?),
+            None => launch.stdout(default()),
+        };
+        Ok(match &self.stderr {
+            Some(p) => launch.stderr(open_out(p, "stderr")?),
+            None => launch.stderr(default()),
+        })
+    }
+
+    /// The launch of one daemon with its sockets (every mode but accept).
+    pub(crate) fn launch(&self) -> Result<Launch, Error> {
+        let mut launch = self.daemon()?.socket_mode(self.socket_mode);
+        for spec in self.specs()? {
+            launch = launch.listen(spec);
+        }
+        if let Some(backlog) = self.backlog {
+            launch = launch.backlog(backlog);
+        }
+        if let Some(timeout) = self.ready {
+            launch = launch.ready(timeout);
+        }
+        Ok(launch)
+    }
+
+    /// The acceptor's options (accept mode).
+    pub(crate) fn acceptor(&self, pass: Pass) -> Result<accept::Options, Error> {
+        let mut options = accept::Options::new()
+            .pass(pass)
+            .max_connections(self.max_connections as usize)
+            .socket_mode(self.socket_mode)
+            .stop_timeout(self.stop_timeout);
+        if let Some(backlog) = self.backlog {
+            options = options.backlog(backlog);
+        }
+        for spec in self.specs()? {
+            options = options.listen(spec);
+        }
+        Ok(options)
+    }
+}
+
+fn parse_format(s: &str) -> Result<Format, String> {
+    s.parse()
+}
+
+fn open_out(path: &Path, stream: &'static str) -> Result<File, Error> {
+    OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(|source| Error::Stdio {
+            path: path.to_owned(),
+            stream,
+            source,
+        })
+}

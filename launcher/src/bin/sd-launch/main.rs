@@ -1,0 +1,164 @@
+//! `sd-launch`: start a daemon with pre-opened sockets (LISTEN_FDS/LISTEN_PID protocol).
+//! Thin, as ripgrep's binary is: parse the arguments, validate them into a [`Mode`], run one
+//! short function per mode over the library, map errors to exit codes.
+
+mod args;
+mod logging;
+mod output;
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use clap::Parser;
+use sd_launch::accept::Pass;
+use sd_launch::supervisor::restart::{self, Restart};
+use sd_launch::supervisor::{self, Signals};
+use sd_launch::{Error, LaunchedSocket};
+
+use crate::args::{Args, Mode};
+use crate::logging::say;
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    logging::init();
+    let code = match run(&args) {
+        Ok(code) => code,
+        Err(e) => {
+            say(&e);
+            e.exit_code()
+        }
+    };
+    ExitCode::from(code.clamp(0, 255) as u8)
+}
+
+fn run(args: &Args) -> Result<i32, Error> {
+    check_stdout()?;
+    // A SIGCHLD ignored by whoever started us would make the kernel reap our daemons
+    // behind our back; we wait for them, so it must be the default.
+    // SAFETY: signal() with SIG_DFL installs no handler.
+    unsafe { libc::signal(libc::SIGCHLD, libc::SIG_DFL) };
+    match args.mode() {
+        Mode::Background => background(args),
+        Mode::Foreground => foreground(args),
+        Mode::Restart(policy) => restart(args, policy),
+        Mode::Accept(pass) => accept(args, pass),
+    }
+}
+
+/// Start, print, leave the daemon running. With `--ready` a stop signal during the wait
+/// stops the daemon and sd-launch exits 128+N; nothing is printed unless the daemon runs.
+fn background(args: &Args) -> Result<i32, Error> {
+    let signals = block_signals()?;
+    let mut daemon = args
+        .launch()?
+        .stop_on(&signals)
+        .map_err(os("copy the signal fd"))?
+        .spawn()?;
+    if let Err(source) = print(args, daemon.pid(), daemon.sockets()) {
+        let _ = daemon.kill();
+        return Err(output_error(source, "write the output; stopped the daemon"));
+    }
+    daemon.detach();
+    Ok(0)
+}
+
+/// Start, print (before the daemon runs, unless `--ready`: then once it is ready), and
+/// supervise it until it exits.
+fn foreground(args: &Args) -> Result<i32, Error> {
+    let signals = block_signals()?;
+    let launch = args
+        .launch()?
+        .stop_on(&signals)
+        .map_err(os("copy the signal fd"))?;
+    let mut daemon = if args.ready.is_some() {
+        let mut daemon = launch.spawn()?;
+        if let Err(source) = print(args, daemon.pid(), daemon.sockets()) {
+            let _ = daemon.kill();
+            return Err(output_error(source, "write the output; stopped the daemon"));
+        }
+        daemon
+    } else {
+        // The daemon shares our stdout: it is held before exec until our output is out.
+        launch.spawn_with(|pid, sockets| print(args, pid, sockets))?
+    };
+    let status = supervisor::foreground(&signals, &mut daemon, args.stop_timeout)?;
+    Ok(supervisor::exit_code(status))
+}
+
+/// `--restart`: the sockets outlive the daemons; SIGHUP replaces the running one.
+fn restart(args: &Args, policy: Restart) -> Result<i32, Error> {
+    let signals = block_signals()?;
+    let launch = args
+        .launch()?
+        .stop_on(&signals)
+        .map_err(os("copy the signal fd"))?;
+    let mut service = launch.service()?;
+    if args.ready.is_some() {
+        service.start()?;
+        let pid = service.current().map_or(0, |d| d.pid());
+        print(args, pid, service.sockets())
+            .map_err(|source| output_error(source, "write the output; stopped the daemon"))?;
+    } else {
+        service.start_with(|pid, sockets| print(args, pid, sockets))?;
+    }
+    let status = restart::supervise(&signals, &mut service, policy, args.stop_timeout)?;
+    Ok(supervisor::exit_code(status))
+}
+
+/// `--accept`: one daemon per connection until SIGINT/SIGTERM (exit 0).
+fn accept(args: &Args, pass: Pass) -> Result<i32, Error> {
+    // A missing program or an unopenable output file is reported now, before printing.
+    args.daemon()?.find_program()?;
+    let signals = block_signals()?;
+    let acceptor = args.acceptor(pass)?.bind()?;
+    print(args, std::process::id(), acceptor.sockets())
+        .map_err(|source| output_error(source, "write the output; not accepting connections"))?;
+    let served = acceptor.serve(Some(&signals), |_conn| args.daemon())?;
+    if served.failed > 0 {
+        say(format_args!(
+            "{} connection(s) were closed unanswered: their daemon could not be started \
+             (out of processes or memory?)",
+            served.failed
+        ));
+    }
+    Ok(0)
+}
+
+/// Write the launch's output to stdout in one piece.
+fn print(args: &Args, pid: u32, sockets: &[LaunchedSocket]) -> std::io::Result<()> {
+    let text = output::render(args.format, &args.prefix, pid, sockets);
+    let mut stdout = std::io::stdout().lock();
+    stdout.write_all(text.as_bytes())?;
+    stdout.flush()
+}
+
+/// Refuse to run with stdout closed: std drops writes to a closed stdout silently, so the
+/// port would be printed nowhere and nobody could find the daemon (and fd 1 would be the
+/// first socket we create).
+fn check_stdout() -> Result<(), Error> {
+    // SAFETY: F_GETFD on fd 1 reads its flags; no memory is involved.
+    if unsafe { libc::fcntl(1, libc::F_GETFD) } < 0 {
+        return Err(Error::Os {
+            context: "print the port and pid: stdout is closed (give sd-launch a stdout, \
+                      e.g. >/dev/null if you need no output)",
+            source: std::io::Error::last_os_error(),
+        });
+    }
+    Ok(())
+}
+
+fn block_signals() -> Result<Signals, Error> {
+    Signals::block().map_err(os("block signals"))
+}
+
+fn os(context: &'static str) -> impl FnOnce(std::io::Error) -> Error {
+    move |source| Error::Os { context, source }
+}
+
+/// The output could not be written (stdout gone): the launch is undone, and `what` says how.
+fn output_error(source: std::io::Error, what: &'static str) -> Error {
+    Error::Os {
+        context: what,
+        source,
+    }
+}
