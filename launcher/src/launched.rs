@@ -272,6 +272,34 @@ impl Launched {
         self.child.wait()
     }
 
+    /// Supervise the daemon in the foreground, as `sd-launch --foreground` does: forward
+    /// every signal of `signals` (blocked before the daemon was spawned) to it until it
+    /// exits, and return its exit status. A daemon that has not exited `stop_timeout` after a
+    /// forwarded SIGTERM, SIGINT or SIGQUIT gets SIGKILL (systemd's `TimeoutStopSec=`). At
+    /// the end every process left in the daemon's process group is killed.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use sd_launch::supervisor::{self, Signals};
+    /// let signals = Signals::block()?;
+    /// let mut daemon = sd_launch::Launch::new("sh").args(["-c", "exit 3"]).spawn()?;
+    /// let status = daemon.supervise(&signals, Duration::from_secs(1))?;
+    /// assert_eq!(supervisor::exit_code(status), 3);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn supervise(
+        &mut self,
+        signals: &Signals,
+        stop_timeout: Duration,
+    ) -> Result<ExitStatus, Error> {
+        crate::supervisor::foreground::foreground(
+            signals,
+            &mut self.child,
+            &self.program,
+            stop_timeout,
+        )
+    }
+
     /// Leave the daemon running and forget it: it is neither killed nor reaped by us, and
     /// its Unix socket files stay. Returns its pid. This is what `sd-launch` does without
     /// `--foreground`.

@@ -24,9 +24,11 @@
 //! 2. `process`: the bare child: spawn (fds into place, `LISTEN_PID`, `execve`), pidfd,
 //!    process group, signals, wait with a deadline, stop with a grace period;
 //! 3. [`supervisor`]: the one event loop (signals, pidfds, the notify socket, listeners, one
-//!    deadline) and its policies: readiness, foreground, restart, accept;
+//!    deadline) and the policies that need only a process: readiness, foreground;
 //! 4. `launch` and `launched`: the [`Launch`] builder and the [`Launched`] handle a test
-//!    holds (drop stops everything it owns).
+//!    holds (drop stops everything it owns);
+//! 5. the modes built on handles and the loop: [`restart`] (a [`Service`](restart::Service)
+//!    whose sockets outlive its daemons) and [`accept`] (one daemon per connection).
 //!
 //! Linux only: the launcher is built on pidfds (Linux 5.3 or later), `signalfd` and
 //! `clone(CLONE_VM | CLONE_VFORK)`.
@@ -34,10 +36,12 @@
 #[cfg(not(target_os = "linux"))]
 compile_error!("sd-launch is Linux-only: it is built on pidfds, signalfd and clone");
 
+pub mod accept;
 mod error;
 mod launch;
 mod launched;
 mod process;
+pub mod restart;
 pub mod sockets;
 pub mod supervisor;
 
@@ -45,4 +49,3 @@ pub use error::Error;
 pub use launch::{Held, Launch, Stdio};
 pub use launched::Launched;
 pub use sockets::{Address, LaunchedSocket, SocketKind, SocketSpec, Transport};
-pub use supervisor::accept;

@@ -5,40 +5,32 @@ use std::process::ExitStatus;
 use std::time::{Duration, Instant};
 
 use super::{Event, FORWARDED, Key, Policy, STOPPING, Signals, Watch, run};
-use crate::Launched;
 use crate::error::Error;
+use crate::process::Child;
 
-/// Forward every signal of `signals` to `daemon` until it exits, and return its exit status.
-/// A daemon that has not exited `stop_timeout` after a forwarded SIGTERM, SIGINT or SIGQUIT
-/// gets SIGKILL (systemd's `TimeoutStopSec=`; `sd-launch --stop-timeout`). At the end every
-/// process left in the daemon's process group is killed.
-///
-/// ```
-/// use std::time::Duration;
-/// use sd_launch::supervisor::{self, Signals};
-/// let signals = Signals::block()?;
-/// let mut daemon = sd_launch::Launch::new("sh").args(["-c", "exit 3"]).spawn()?;
-/// let status = supervisor::foreground(&signals, &mut daemon, Duration::from_secs(1))?;
-/// assert_eq!(supervisor::exit_code(status), 3);
-/// # Ok::<(), Box<dyn std::error::Error>>(())
-/// ```
-pub fn foreground(
+/// Forward every signal of `signals` to `child` until it exits, and return its exit status;
+/// `SIGKILL` to it `stop_timeout` after a forwarded stop signal. At the end every process
+/// left in its process group is killed.
+pub(crate) fn foreground(
     signals: &Signals,
-    daemon: &mut Launched,
+    child: &mut Child,
+    program: &str,
     stop_timeout: Duration,
 ) -> Result<ExitStatus, Error> {
     let mut policy = Foreground {
-        daemon,
+        child,
+        program,
         stop_timeout,
         kill_at: None,
     };
     let status = run(Some(signals), &mut policy)?;
-    let _ = policy.daemon.child_mut().kill(); // the rest of its process group
+    let _ = policy.child.kill(); // the rest of its process group
     Ok(status)
 }
 
 struct Foreground<'a> {
-    daemon: &'a mut Launched,
+    child: &'a mut Child,
+    program: &'a str,
     stop_timeout: Duration,
     kill_at: Option<Instant>,
 }
@@ -47,9 +39,8 @@ impl Policy for Foreground<'_> {
     type Output = ExitStatus;
 
     fn watch(&self, watch: &mut Watch) {
-        let child = self.daemon.child();
-        if let Some(fd) = child.pidfd() {
-            watch.add(Key::Child(child.pid()), fd);
+        if let Some(fd) = self.child.pidfd() {
+            watch.add(Key::Child(self.child.pid()), fd);
         }
     }
 
@@ -59,7 +50,7 @@ impl Policy for Foreground<'_> {
 
     fn handle(&mut self, event: Event) -> Result<Option<ExitStatus>, Error> {
         let os = |context| move |source| Error::Os { context, source };
-        let child = self.daemon.child_mut();
+        let child = &mut *self.child;
         match event {
             Event::Signal(sig) if FORWARDED.contains(&sig) => {
                 tracing::debug!("forwarding signal {sig} to pid {}", child.pid());
@@ -74,15 +65,11 @@ impl Policy for Foreground<'_> {
             Event::Deadline => {
                 tracing::warn!(
                     "{} (pid {}) still running {:?} after the stop signal: sending SIGKILL",
-                    self.daemon.program(),
-                    self.daemon.pid(),
+                    self.program,
+                    child.pid(),
                     self.stop_timeout
                 );
-                self.daemon
-                    .child_mut()
-                    .kill()
-                    .map(Some)
-                    .map_err(os("kill the daemon"))
+                child.kill().map(Some).map_err(os("kill the daemon"))
             }
         }
     }

@@ -7,25 +7,22 @@
 //! with each event is the policy's:
 //! * `ready`: wait for `READY=1` from the daemon's process tree (or its exit, a stop
 //!   signal, the deadline);
-//! * [`foreground`]: forward signals, end with the daemon's status, `SIGKILL` after the stop
-//!   timeout;
-//! * [`restart`]: a daemon on sockets that outlive it, replaced without refusing a
-//!   connection;
-//! * [`accept`]: one daemon per connection.
+//! * `foreground`: forward signals, end with the daemon's status, `SIGKILL` after the stop
+//!   timeout ([`Launched::supervise`](crate::Launched::supervise));
+//! * [`restart`](crate::restart): a daemon on sockets that outlive it, replaced without
+//!   refusing a connection (its policy is built on the handles, so it sits above them);
+//! * [`accept`](crate::accept): one daemon per connection (likewise).
 
 use std::os::fd::RawFd;
 use std::time::Instant;
 
 use crate::error::Error;
 
-pub mod accept;
-mod foreground;
+pub(crate) mod foreground;
 pub(crate) mod notify;
 pub(crate) mod ready;
-pub mod restart;
 mod signals;
 
-pub use foreground::foreground;
 pub(crate) use signals::STOPPING;
 pub use signals::{DEFAULT_STOP_TIMEOUT, FORWARDED, Signals, exit_code};
 

@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use clap::Parser;
 use sd_launch::accept::{self, Pass};
+use sd_launch::restart::Restart;
 use sd_launch::sockets::split_fd_names;
-use sd_launch::supervisor::restart::Restart;
 use sd_launch::{Error, Launch, SocketSpec, Stdio, Transport};
 
 use crate::output::Format;

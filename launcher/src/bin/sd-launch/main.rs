@@ -11,7 +11,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use sd_launch::accept::Pass;
-use sd_launch::supervisor::restart::{self, Restart};
+use sd_launch::restart::{self, Restart};
 use sd_launch::supervisor::{self, Signals};
 use sd_launch::{Error, LaunchedSocket};
 
@@ -81,7 +81,7 @@ fn foreground(args: &Args) -> Result<i32, Error> {
         // The daemon shares our stdout: it is held before exec until our output is out.
         launch.spawn_with(|pid, sockets| print(args, pid, sockets))?
     };
-    let status = supervisor::foreground(&signals, &mut daemon, args.stop_timeout)?;
+    let status = daemon.supervise(&signals, args.stop_timeout)?;
     Ok(supervisor::exit_code(status))
 }
 

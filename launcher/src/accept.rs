@@ -61,11 +61,11 @@ use std::time::{Duration, Instant};
 
 use socket2::Socket;
 
-use super::{DEFAULT_STOP_TIMEOUT, Event, FORWARDED, Key, Policy, Signals, Watch, run};
 use crate::error::Error;
 use crate::launch::Launch;
 use crate::launched::Launched;
 use crate::sockets::{Address, CreatedPath, LaunchedSocket, SocketSet, SocketSpec, Transport};
+use crate::supervisor::{DEFAULT_STOP_TIMEOUT, Event, FORWARDED, Key, Policy, Signals, Watch, run};
 
 /// systemd's `MaxConnections=` default: daemons running at once.
 ///

@@ -16,17 +16,17 @@ use std::io;
 use std::process::ExitStatus;
 use std::time::{Duration, Instant};
 
-use super::ready::ready_message;
-use super::{Event, FORWARDED, Key, Policy, STOPPING, Signals, Watch, run};
 use crate::error::Error;
 use crate::launch::{Launch, Prepared};
 use crate::launched::Launched;
 use crate::sockets::LaunchedSocket;
+use crate::supervisor::ready::ready_message;
+use crate::supervisor::{Event, FORWARDED, Key, Policy, STOPPING, Signals, Watch, run};
 
 /// When [`supervise()`] starts the daemon again.
 ///
 /// ```
-/// use sd_launch::supervisor::restart::Restart;
+/// use sd_launch::restart::Restart;
 /// assert_eq!("on-exit".parse::<Restart>(), Ok(Restart::OnExit));
 /// assert_eq!("on-hup".parse::<Restart>(), Ok(Restart::OnHup));
 /// ```
@@ -286,7 +286,7 @@ type BeforeExec<'a> = Box<dyn FnOnce(u32, &[LaunchedSocket]) -> io::Result<()> +
 ///
 /// ```
 /// use std::time::Duration;
-/// use sd_launch::supervisor::{restart::{self, Restart}, Signals};
+/// use sd_launch::{restart::{self, Restart}, supervisor::Signals};
 /// let signals = Signals::block()?;
 /// let mut service = sd_launch::Launch::new("sh").args(["-c", "exit 3"]).service()?;
 /// service.start()?;
