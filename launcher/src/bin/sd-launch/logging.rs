@@ -17,6 +17,8 @@ pub(crate) fn init() {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(|| Stderr)
+        // Its report of a failed write is an `eprintln!`, which panics when stderr is gone.
+        .log_internal_errors(false)
         .event_format(Prefixed)
         .init();
 }

@@ -32,7 +32,6 @@ fn main() -> ExitCode {
 }
 
 fn run(args: &Args) -> Result<i32, Error> {
-    check_stdout()?;
     // A SIGCHLD ignored by whoever started us would make the kernel reap our daemons
     // behind our back; we wait for them, so it must be the default.
     // SAFETY: signal() with SIG_DFL installs no handler.
@@ -130,21 +129,6 @@ fn print(args: &Args, pid: u32, sockets: &[LaunchedSocket]) -> std::io::Result<(
     let mut stdout = std::io::stdout().lock();
     stdout.write_all(text.as_bytes())?;
     stdout.flush()
-}
-
-/// Refuse to run with stdout closed: std drops writes to a closed stdout silently, so the
-/// port would be printed nowhere and nobody could find the daemon (and fd 1 would be the
-/// first socket we create).
-fn check_stdout() -> Result<(), Error> {
-    // SAFETY: F_GETFD on fd 1 reads its flags; no memory is involved.
-    if unsafe { libc::fcntl(1, libc::F_GETFD) } < 0 {
-        return Err(Error::Os {
-            context: "print the port and pid: stdout is closed (give sd-launch a stdout, \
-                      e.g. >/dev/null if you need no output)",
-            source: std::io::Error::last_os_error(),
-        });
-    }
-    Ok(())
 }
 
 fn block_signals() -> Result<Signals, Error> {
