@@ -14,11 +14,11 @@ use listenfd_core::inspect::inspect_raw;
 use listenfd_core::notify::{Notifier, State};
 use listenfd_core::{Family, FdKind, ListenFds, SocketType};
 use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
-use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::{Notify, mpsc, watch};
 use tokio::task::JoinSet;
 
 use crate::routes::{self, Info, SocketInfo};
+use crate::signals::StopSignals;
 
 /// How to serve.
 #[derive(Debug, Clone)]
@@ -108,18 +108,18 @@ fn notify(config: &Config, state: State<'_>) {
 }
 
 /// Serve until SIGTERM/SIGINT (or, when only connections were passed, until they are done).
-pub async fn run(mut fds: ListenFds, config: Config) -> Result<(), Error> {
+pub async fn run(mut fds: ListenFds, config: Config, signals: StopSignals) -> Result<(), Error> {
     let (sockets, infos) = take_sockets(&mut fds, config.fallback).await?;
-    serve(sockets, infos, !fds.is_empty(), config).await
+    serve(sockets, infos, !fds.is_empty(), config, signals).await
 }
 
 /// inetd style (`--inetd`: `sd-launch --accept --inetd`, `systemd-socket-activate -a
 /// --inetd`, systemd `StandardInput=socket`): serve the connected socket on stdin as one
 /// connection (answers go out through it too; stdout is the same socket and stays unused), and
 /// return when it is done, or drain it on SIGTERM/SIGINT.
-pub async fn run_inetd(config: Config) -> Result<(), Error> {
+pub async fn run_inetd(config: Config, signals: StopSignals) -> Result<(), Error> {
     let (conn, info) = take_stdin()?;
-    serve(vec![Socket::Conn(conn)], vec![info], true, config).await
+    serve(vec![Socket::Conn(conn)], vec![info], true, config, signals).await
 }
 
 /// Serve `sockets` until SIGTERM/SIGINT, or, when they are all connections, until they are
@@ -129,10 +129,8 @@ async fn serve(
     infos: Vec<SocketInfo>,
     activated: bool,
     config: Config,
+    mut signals: StopSignals,
 ) -> Result<(), Error> {
-    let mut sigterm = signal(SignalKind::terminate()).map_err(Error::Signals)?;
-    let mut sigint = signal(SignalKind::interrupt()).map_err(Error::Signals)?;
-
     let info = Arc::new(Info {
         pid: std::process::id(),
         activated,
@@ -179,8 +177,7 @@ async fn serve(
             return Ok(());
         }
         tokio::select! {
-            _ = sigterm.recv() => { tracing::info!("SIGTERM: shutting down"); break; }
-            _ = sigint.recv() => { tracing::info!("SIGINT: shutting down"); break; }
+            signal = signals.recv() => { tracing::info!("{signal}: shutting down"); break; }
             Some(conn) = rx.recv() => {
                 connections.spawn(serve_connection(conn, builder.clone(), stop.clone(), info.clone()));
             }
@@ -215,8 +212,7 @@ async fn serve(
         () = tokio::time::sleep(config.drain_timeout) => {
             tracing::warn!("drain timeout: dropping {} connection(s)", connections.len());
         }
-        _ = sigterm.recv() => tracing::warn!("second SIGTERM: not waiting any longer"),
-        _ = sigint.recv() => tracing::warn!("second SIGINT: not waiting any longer"),
+        signal = signals.recv() => tracing::warn!("second {signal}: not waiting any longer"),
     }
     connections.abort_all();
     Ok(())
