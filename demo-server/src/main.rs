@@ -53,7 +53,9 @@ serves and STOPPING=1 when it starts draining.
 
 SIGTERM or SIGINT: stop accepting, let in-flight requests finish (at most --drain-timeout
 seconds; connections still open then are dropped), exit 0. A signal sent during start-up is
-never lost: it is held until the handlers are registered, then acted on.
+never lost: it is held until the handlers are registered, then acted on. More SIGTERMs or
+SIGINTs while draining change nothing (one Ctrl-C often arrives twice, via a launcher too);
+to stop at once, send SIGKILL, or press Ctrl-\\ at the terminal (SIGQUIT, not handled).
 
 Exit codes: 0 stopped by a signal, or the passed connection was served; 1 serving failed;
 2 invalid command line, malformed LISTEN_* environment, a passed fd that is not a stream

@@ -1,6 +1,17 @@
 //! Serving: take every passed socket (or bind the fallback address), accept on each listener,
 //! run each connection with hyper-util's auto builder (HTTP/1.1 and h2c), and drain gracefully
 //! on SIGTERM/SIGINT.
+//!
+//! The first stop signal starts the drain; the drain ends when every connection is done or
+//! after `--drain-timeout`, and nothing else ends it: further SIGTERMs and SIGINTs, of either
+//! kind, are logged and change nothing. A stop signal often arrives twice for one intent: a
+//! terminal's Ctrl-C goes to the whole foreground process group, so a daemon run under a
+//! launcher that forwards signals gets the launcher's copy as well, a few milliseconds after
+//! its own. Taking the second one as "stop waiting" failed the very requests a graceful stop
+//! exists for. This is what systemd expects of a service: a repeated SIGTERM is not an order
+//! to hurry, the supervisor's answer to a slow stop is SIGKILL (after `TimeoutStopSec=`). To
+//! stop at once: SIGKILL, or `Ctrl-\` at the terminal (SIGQUIT: not handled, its default
+//! action ends the process), or a shorter `--drain-timeout`.
 
 use std::net::SocketAddr;
 use std::os::fd::{FromRawFd, OwnedFd};
@@ -207,12 +218,22 @@ async fn serve(
         );
     }
     let _ = drain.send(true);
+    // More stop signals change nothing (module docs): one Ctrl-C often arrives twice.
+    let repeated = async {
+        loop {
+            let signal = signals.recv().await;
+            tracing::info!(
+                "{signal} while draining: still draining (at most {:?}; SIGKILL stops at once)",
+                config.drain_timeout
+            );
+        }
+    };
     tokio::select! {
         () = async { while connections.join_next().await.is_some() {} } => tracing::info!("drained"),
         () = tokio::time::sleep(config.drain_timeout) => {
             tracing::warn!("drain timeout: dropping {} connection(s)", connections.len());
         }
-        signal = signals.recv() => tracing::warn!("second {signal}: not waiting any longer"),
+        _ = repeated => {}
     }
     connections.abort_all();
     Ok(())

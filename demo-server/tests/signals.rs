@@ -3,8 +3,10 @@
 //!
 //! * A stop signal is never lost, whenever it arrives during start-up: at random points, and at
 //!   the worst one, held there with ptrace (see [`Server::start_held_at_handler_install`]).
+//! * Once draining, more stop signals change nothing: the requests in flight are answered.
 
-use std::net::TcpListener;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -17,6 +19,7 @@ const EXIT_BOUND: Duration = Duration::from_secs(5);
 /// A demo-server of this test, killed (SIGKILL) and reaped when dropped.
 struct Server {
     child: Child,
+    addr: SocketAddr,
 }
 
 impl Server {
@@ -29,6 +32,7 @@ impl Server {
     /// `execve` as a ptrace tracee of the calling thread (`PTRACE_TRACEME`).
     fn spawn(args: &[&str], traced: bool) -> Server {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind a loopback listener");
+        let addr = listener.local_addr().unwrap();
         let raw = listener.as_raw_fd();
         let mut command = Command::new(env!("CARGO_BIN_EXE_demo-server"));
         command
@@ -66,7 +70,7 @@ impl Server {
             });
         }
         let child = command.spawn().expect("spawn demo-server");
-        Server { child }
+        Server { child, addr }
     }
 
     /// Start demo-server and send it `signal` at the worst moment of its start-up: the
@@ -134,6 +138,18 @@ impl Server {
             assert!(Instant::now() < deadline, "demo-server stuck while traced");
             std::thread::yield_now();
         }
+    }
+
+    /// Send `GET path` on a new connection (`Connection: close`); the caller reads the answer.
+    fn request(&self, path: &str) -> TcpStream {
+        let mut conn = TcpStream::connect(self.addr).expect("connect");
+        conn.set_read_timeout(Some(EXIT_BOUND)).unwrap();
+        write!(
+            conn,
+            "GET {path} HTTP/1.1\r\nHost: demo\r\nConnection: close\r\n\r\n"
+        )
+        .expect("send the request");
+        conn
     }
 
     fn pid(&self) -> libc::pid_t {
@@ -274,4 +290,60 @@ fn sigterm_just_as_its_handler_is_installed_stops_the_server() {
 #[test]
 fn sigint_just_as_its_handler_is_installed_stops_the_server() {
     stop_at_handler_install(libc::SIGINT);
+}
+
+/// The whole answer on `conn` (the server closes it after one response), or the I/O error.
+fn read_answer(mut conn: TcpStream) -> std::io::Result<String> {
+    let mut answer = Vec::new();
+    conn.read_to_end(&mut answer)?;
+    Ok(String::from_utf8_lossy(&answer).into_owned())
+}
+
+/// A request is in flight when the first stop signal arrives, and `more` stop signals follow
+/// within a few milliseconds, as when a terminal's Ctrl-C reaches both the daemon and a
+/// launcher that forwards it: the request must still be answered, and the server exit 0
+/// once it is.
+fn drain_survives(first: libc::c_int, more: &[libc::c_int]) {
+    let mut server = Server::start(&[]);
+    let healthz = read_answer(server.request("/healthz")).expect("GET /healthz");
+    assert!(healthz.starts_with("HTTP/1.1 200"), "{healthz}");
+    let in_flight = server.request("/slow?ms=700");
+    std::thread::sleep(Duration::from_millis(200)); // accepted and read: now in flight
+    let started = Instant::now();
+    server.signal(first);
+    for &signal in more {
+        std::thread::sleep(Duration::from_millis(2));
+        server.signal(signal);
+    }
+    let answer = read_answer(in_flight);
+    let answer = answer.as_deref().unwrap_or_else(|e| {
+        panic!("the in-flight request got no answer after signals {first} then {more:?}: {e}")
+    });
+    assert!(
+        answer.starts_with("HTTP/1.1 200") && answer.ends_with("slept 700 ms\n"),
+        "the in-flight request was cut off after signals {first} then {more:?}: {answer:?}"
+    );
+    let status = server.wait_exit(EXIT_BOUND).expect("exits after the drain");
+    assert_eq!(status.code(), Some(0), "{status}");
+    assert!(started.elapsed() >= Duration::from_millis(400), "no drain?");
+}
+
+#[test]
+fn a_sigterm_lets_the_request_in_flight_finish() {
+    drain_survives(libc::SIGTERM, &[]);
+}
+
+#[test]
+fn a_repeated_sigterm_does_not_cut_the_drain_short() {
+    drain_survives(libc::SIGTERM, &[libc::SIGTERM]);
+}
+
+#[test]
+fn sigint_twice_like_ctrl_c_seen_by_the_daemon_and_its_launcher_still_drains() {
+    drain_survives(libc::SIGINT, &[libc::SIGINT]);
+}
+
+#[test]
+fn any_mix_of_repeated_stop_signals_still_drains() {
+    drain_survives(libc::SIGTERM, &[libc::SIGINT, libc::SIGTERM, libc::SIGINT]);
 }
