@@ -646,7 +646,65 @@ pub(crate) enum Expect {
     Any,
 }
 
+/// What a typed take asks for, field by field (for the hints of [`Error::WrongType`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Wants {
+    /// An IP socket (`AF_INET` or `AF_INET6`), else a Unix one.
+    pub(crate) ip: bool,
+    pub(crate) socket_type: crate::inspect::SocketType,
+    /// `Some(true)`: a listener, `Some(false)`: a connection, `None`: either (datagrams).
+    pub(crate) listening: Option<bool>,
+}
+
 impl Expect {
+    const TYPED: [Expect; 6] = [
+        Expect::TcpListener,
+        Expect::TcpStream,
+        Expect::UdpSocket,
+        Expect::UnixListener,
+        Expect::UnixStream,
+        Expect::UnixDatagram,
+    ];
+
+    /// The typed take whose [`description`](Expect::description) this is.
+    pub(crate) fn from_description(description: &str) -> Option<Expect> {
+        Expect::TYPED
+            .into_iter()
+            .find(|e| e.description() == description)
+    }
+
+    /// What the take asks for; `None` for [`Expect::Any`].
+    pub(crate) fn wants(self) -> Option<Wants> {
+        use crate::inspect::SocketType::{Dgram, Stream};
+        let (ip, socket_type, listening) = match self {
+            Expect::TcpListener => (true, Stream, Some(true)),
+            Expect::TcpStream => (true, Stream, Some(false)),
+            Expect::UdpSocket => (true, Dgram, None),
+            Expect::UnixListener => (false, Stream, Some(true)),
+            Expect::UnixStream => (false, Stream, Some(false)),
+            Expect::UnixDatagram => (false, Dgram, None),
+            Expect::Any => return None,
+        };
+        Some(Wants {
+            ip,
+            socket_type,
+            listening,
+        })
+    }
+
+    /// The `ListenFds` method that takes what `kind` is (`take_fd` when no typed one does).
+    pub(crate) fn method_for(kind: &FdKind) -> &'static str {
+        match Expect::TYPED.into_iter().find(|e| e.matches(kind)) {
+            Some(Expect::TcpListener) => "tcp_listener",
+            Some(Expect::TcpStream) => "tcp_stream",
+            Some(Expect::UdpSocket) => "udp_socket",
+            Some(Expect::UnixListener) => "unix_listener",
+            Some(Expect::UnixStream) => "unix_stream",
+            Some(Expect::UnixDatagram) => "unix_datagram",
+            Some(Expect::Any) | None => "take_fd",
+        }
+    }
+
     fn description(self) -> &'static str {
         match self {
             Expect::TcpListener => "a listening TCP socket",
