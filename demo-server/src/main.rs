@@ -1,8 +1,9 @@
 //! `demo-server`: a small HTTP server (HTTP/1.1 and cleartext HTTP/2) that takes its sockets
 //! over the `LISTEN_FDS`/`LISTEN_PID` protocol, or binds `--listen` when started on its own.
 //!
-//! Thin on purpose: arguments, logging, receiving the sockets, exit codes. Serving is in
-//! [`serve`], the routes in [`routes`].
+//! Thin on purpose: the stop signals blocked first thing (so that none is lost while they are
+//! registered, see [`signals`]), arguments, logging, receiving the sockets, exit codes.
+//! Serving is in [`serve`], the routes in [`routes`].
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
@@ -12,6 +13,7 @@ use clap::Parser;
 
 mod routes;
 mod serve;
+mod signals;
 
 const AFTER_HELP: &str = "\
 Routes:
@@ -50,7 +52,10 @@ With NOTIFY_SOCKET set (systemd Type=notify, sd-launch --ready), it sends READY=
 serves and STOPPING=1 when it starts draining.
 
 SIGTERM or SIGINT: stop accepting, let in-flight requests finish (at most --drain-timeout
-seconds; connections still open then are dropped), exit 0.
+seconds; connections still open then are dropped), exit 0. A signal sent during start-up is
+never lost: it is held until the handlers are registered, then acted on. More SIGTERMs or
+SIGINTs while draining change nothing (one Ctrl-C often arrives twice, via a launcher too);
+to stop at once, send SIGKILL, or press Ctrl-\\ at the terminal (SIGQUIT, not handled).
 
 Exit codes: 0 stopped by a signal, or the passed connection was served; 1 serving failed;
 2 invalid command line, malformed LISTEN_* environment, a passed fd that is not a stream
@@ -86,6 +91,15 @@ struct Args {
 }
 
 fn main() -> ExitCode {
+    // First of all, while this is the only thread: hold SIGTERM/SIGINT until their tokio
+    // handlers are registered, so that a `kill` during start-up is never lost (see signals.rs).
+    let blocked = match signals::block() {
+        Ok(blocked) => blocked,
+        Err(e) => {
+            eprintln!("demo-server: cannot block SIGTERM/SIGINT: {e}");
+            return ExitCode::from(1);
+        }
+    };
     let args = Args::parse();
     init_logging();
 
@@ -123,15 +137,27 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    // Register the handlers, then unblock: a signal that arrived meanwhile is delivered now.
+    let registered = {
+        let _context = runtime.enter();
+        blocked.register()
+    };
+    let signals = match registered {
+        Ok(signals) => signals,
+        Err(e) => {
+            eprintln!("demo-server: {}", serve::Error::Signals(e));
+            return ExitCode::from(1);
+        }
+    };
     let config = serve::Config {
         fallback: args.listen,
         drain_timeout: Duration::from_secs(args.drain_timeout),
         notifier,
     };
     let result = if args.inetd {
-        runtime.block_on(serve::run_inetd(config))
+        runtime.block_on(serve::run_inetd(config, signals))
     } else {
-        runtime.block_on(serve::run(fds, config))
+        runtime.block_on(serve::run(fds, config, signals))
     };
     // Do not wait for stray tasks (e.g. a connection stuck after the drain timeout).
     runtime.shutdown_timeout(Duration::from_millis(100));

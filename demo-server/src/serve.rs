@@ -1,6 +1,17 @@
 //! Serving: take every passed socket (or bind the fallback address), accept on each listener,
 //! run each connection with hyper-util's auto builder (HTTP/1.1 and h2c), and drain gracefully
 //! on SIGTERM/SIGINT.
+//!
+//! The first stop signal starts the drain; the drain ends when every connection is done or
+//! after `--drain-timeout`, and nothing else ends it: further SIGTERMs and SIGINTs, of either
+//! kind, are logged and change nothing. A stop signal often arrives twice for one intent: a
+//! terminal's Ctrl-C goes to the whole foreground process group, so a daemon run under a
+//! launcher that forwards signals gets the launcher's copy as well, a few milliseconds after
+//! its own. Taking the second one as "stop waiting" failed the very requests a graceful stop
+//! exists for. This is what systemd expects of a service: a repeated SIGTERM is not an order
+//! to hurry, the supervisor's answer to a slow stop is SIGKILL (after `TimeoutStopSec=`). To
+//! stop at once: SIGKILL, or `Ctrl-\` at the terminal (SIGQUIT: not handled, its default
+//! action ends the process), or a shorter `--drain-timeout`.
 
 use std::net::SocketAddr;
 use std::os::fd::{FromRawFd, OwnedFd};
@@ -14,11 +25,11 @@ use listenfd_core::inspect::inspect_raw;
 use listenfd_core::notify::{Notifier, State};
 use listenfd_core::{Family, FdKind, ListenFds, SocketType};
 use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
-use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::{Notify, mpsc, watch};
 use tokio::task::JoinSet;
 
 use crate::routes::{self, Info, SocketInfo};
+use crate::signals::StopSignals;
 
 /// How to serve.
 #[derive(Debug, Clone)]
@@ -108,18 +119,18 @@ fn notify(config: &Config, state: State<'_>) {
 }
 
 /// Serve until SIGTERM/SIGINT (or, when only connections were passed, until they are done).
-pub async fn run(mut fds: ListenFds, config: Config) -> Result<(), Error> {
+pub async fn run(mut fds: ListenFds, config: Config, signals: StopSignals) -> Result<(), Error> {
     let (sockets, infos) = take_sockets(&mut fds, config.fallback).await?;
-    serve(sockets, infos, !fds.is_empty(), config).await
+    serve(sockets, infos, !fds.is_empty(), config, signals).await
 }
 
 /// inetd style (`--inetd`: `sd-launch --accept --inetd`, `systemd-socket-activate -a
 /// --inetd`, systemd `StandardInput=socket`): serve the connected socket on stdin as one
 /// connection (answers go out through it too; stdout is the same socket and stays unused), and
 /// return when it is done, or drain it on SIGTERM/SIGINT.
-pub async fn run_inetd(config: Config) -> Result<(), Error> {
+pub async fn run_inetd(config: Config, signals: StopSignals) -> Result<(), Error> {
     let (conn, info) = take_stdin()?;
-    serve(vec![Socket::Conn(conn)], vec![info], true, config).await
+    serve(vec![Socket::Conn(conn)], vec![info], true, config, signals).await
 }
 
 /// Serve `sockets` until SIGTERM/SIGINT, or, when they are all connections, until they are
@@ -129,10 +140,8 @@ async fn serve(
     infos: Vec<SocketInfo>,
     activated: bool,
     config: Config,
+    mut signals: StopSignals,
 ) -> Result<(), Error> {
-    let mut sigterm = signal(SignalKind::terminate()).map_err(Error::Signals)?;
-    let mut sigint = signal(SignalKind::interrupt()).map_err(Error::Signals)?;
-
     let info = Arc::new(Info {
         pid: std::process::id(),
         activated,
@@ -179,8 +188,7 @@ async fn serve(
             return Ok(());
         }
         tokio::select! {
-            _ = sigterm.recv() => { tracing::info!("SIGTERM: shutting down"); break; }
-            _ = sigint.recv() => { tracing::info!("SIGINT: shutting down"); break; }
+            signal = signals.recv() => { tracing::info!("{signal}: shutting down"); break; }
             Some(conn) = rx.recv() => {
                 connections.spawn(serve_connection(conn, builder.clone(), stop.clone(), info.clone()));
             }
@@ -210,13 +218,22 @@ async fn serve(
         );
     }
     let _ = drain.send(true);
+    // More stop signals change nothing (module docs): one Ctrl-C often arrives twice.
+    let repeated = async {
+        loop {
+            let signal = signals.recv().await;
+            tracing::info!(
+                "{signal} while draining: still draining (at most {:?}; SIGKILL stops at once)",
+                config.drain_timeout
+            );
+        }
+    };
     tokio::select! {
         () = async { while connections.join_next().await.is_some() {} } => tracing::info!("drained"),
         () = tokio::time::sleep(config.drain_timeout) => {
             tracing::warn!("drain timeout: dropping {} connection(s)", connections.len());
         }
-        _ = sigterm.recv() => tracing::warn!("second SIGTERM: not waiting any longer"),
-        _ = sigint.recv() => tracing::warn!("second SIGINT: not waiting any longer"),
+        _ = repeated => {}
     }
     connections.abort_all();
     Ok(())

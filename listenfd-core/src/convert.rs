@@ -111,7 +111,7 @@ impl ListenFds {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::fd::{AsRawFd, OwnedFd};
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
     fn tcp_listener() -> OwnedFd {
         TcpListener::bind("127.0.0.1:0").unwrap().into()
@@ -149,8 +149,124 @@ mod tests {
         let mut fds = ListenFds::from_owned(vec![(client.into(), "conn")]);
         let err = fds.tcp_listener(0).unwrap_err();
         assert!(err.to_string().contains("accepted connection"), "{err}");
+        assert!(err.to_string().contains("tcp_stream"), "{err}");
         let stream = fds.tcp_stream("conn").unwrap();
         assert_eq!(stream.peer_addr().unwrap(), listener.local_addr().unwrap());
+    }
+
+    /// The error of taking `fd` with `take`, and that the fd is still there afterwards.
+    fn refusal(fd: OwnedFd, take: impl FnOnce(&mut ListenFds) -> Result<OwnedFd, Error>) -> String {
+        let mut fds = ListenFds::from_owned(vec![(fd, "x")]);
+        let err = take(&mut fds).expect_err("a mismatch is refused");
+        assert!(matches!(err, Error::WrongType { .. }), "{err}");
+        assert!(!fds.is_taken(0), "a refused fd stays available");
+        err.to_string()
+    }
+
+    fn seqpacket_pair() -> (OwnedFd, OwnedFd) {
+        let mut ends = [0; 2];
+        // SAFETY: `ends` has room for the two fds socketpair writes.
+        let rc = unsafe {
+            libc::socketpair(
+                libc::AF_UNIX,
+                libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC,
+                0,
+                ends.as_mut_ptr(),
+            )
+        };
+        assert_eq!(rc, 0, "{}", std::io::Error::last_os_error());
+        // SAFETY: socketpair just returned these two fds to us; nothing else owns them.
+        unsafe { (OwnedFd::from_raw_fd(ends[0]), OwnedFd::from_raw_fd(ends[1])) }
+    }
+
+    #[test]
+    fn a_udp_socket_for_a_tcp_taker_is_called_a_datagram_socket_not_a_connection() {
+        for want_listener in [true, false] {
+            let udp = UdpSocket::bind("127.0.0.1:0").unwrap().into();
+            let msg = refusal(udp, |fds| {
+                if want_listener {
+                    fds.tcp_listener(0).map(Into::into)
+                } else {
+                    fds.tcp_stream(0).map(Into::into)
+                }
+            });
+            assert!(msg.contains("is a UDP socket (127.0.0.1:"), "{msg}");
+            assert!(!msg.contains("accepted connection"), "{msg}");
+            assert!(
+                msg.contains("a datagram socket (UDP) has no connections"),
+                "{msg}"
+            );
+            assert!(msg.contains("drop --datagram"), "{msg}");
+            assert!(msg.contains("ListenStream="), "{msg}");
+            assert!(
+                msg.contains("udp_socket"),
+                "says how to take what it is: {msg}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_unix_datagram_socket_for_a_stream_taker_is_called_a_datagram_socket() {
+        let msg = refusal(UnixDatagram::unbound().unwrap().into(), |fds| {
+            fds.unix_listener(0).map(Into::into)
+        });
+        assert!(msg.contains("is a Unix dgram socket"), "{msg}");
+        assert!(!msg.contains("accepted connection"), "{msg}");
+        assert!(msg.contains("drop --datagram"), "{msg}");
+        assert!(msg.contains("unix_datagram"), "{msg}");
+    }
+
+    #[test]
+    fn a_seqpacket_socket_for_a_stream_taker_is_called_sequential_packet() {
+        let (a, _b) = seqpacket_pair();
+        let msg = refusal(a, |fds| fds.unix_listener(0).map(Into::into));
+        assert!(
+            msg.contains("is a connected Unix seqpacket socket"),
+            "{msg}"
+        );
+        assert!(!msg.contains("accepted connection"), "{msg}");
+        assert!(msg.contains("sequential-packet"), "{msg}");
+        assert!(msg.contains("drop --seqpacket"), "{msg}");
+        assert!(msg.contains("take_fd"), "{msg}");
+    }
+
+    #[test]
+    fn a_stream_socket_for_a_datagram_taker_says_to_pass_a_datagram_socket() {
+        let msg = refusal(tcp_listener(), |fds| fds.udp_socket(0).map(Into::into));
+        assert!(msg.contains("is a listening TCP socket"), "{msg}");
+        assert!(msg.contains("stream socket"), "{msg}");
+        assert!(msg.contains("--datagram"), "{msg}");
+        assert!(msg.contains("ListenDatagram="), "{msg}");
+        assert!(msg.contains("tcp_listener"), "{msg}");
+        assert!(!msg.contains("drop --datagram"), "{msg}");
+    }
+
+    #[test]
+    fn a_unix_socket_for_a_tcp_taker_says_it_is_a_unix_socket() {
+        let dir = tempfile::tempdir().unwrap();
+        let l = UnixListener::bind(dir.path().join("s")).unwrap();
+        let msg = refusal(l.into(), |fds| fds.tcp_listener(0).map(Into::into));
+        assert!(msg.contains("is a listening Unix stream socket ("), "{msg}");
+        assert!(msg.contains("a Unix socket, not an IP one"), "{msg}");
+        assert!(msg.contains("127.0.0.1:"), "suggests an IP address: {msg}");
+        assert!(msg.contains("unix_listener"), "{msg}");
+        assert!(!msg.contains("accepted connection"), "{msg}");
+    }
+
+    #[test]
+    fn a_tcp_socket_for_a_unix_taker_says_it_is_an_ip_socket() {
+        let msg = refusal(tcp_listener(), |fds| fds.unix_listener(0).map(Into::into));
+        assert!(msg.contains("is a listening TCP socket"), "{msg}");
+        assert!(msg.contains("an IP socket, not a Unix one"), "{msg}");
+        assert!(msg.contains("tcp_listener"), "{msg}");
+    }
+
+    #[test]
+    fn a_listener_for_a_connection_taker_says_to_accept_on_it() {
+        let msg = refusal(tcp_listener(), |fds| fds.tcp_stream(0).map(Into::into));
+        assert!(msg.contains("is a listening TCP socket"), "{msg}");
+        assert!(msg.contains("passed a listening socket"), "{msg}");
+        assert!(msg.contains("tcp_listener"), "{msg}");
     }
 
     #[test]

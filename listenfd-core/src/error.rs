@@ -5,7 +5,8 @@ use std::io;
 use std::os::fd::RawFd;
 
 use crate::env::EnvError;
-use crate::inspect::FdKind;
+use crate::fds::Expect;
+use crate::inspect::{Family, FdKind, SocketType};
 
 /// The hint for the most common failure of socket activation.
 const INHERITED_HINT: &str = "the variables were probably inherited by a process that did not \
@@ -141,24 +142,95 @@ fn wrong_type_message(
             "LISTEN_FDS={count} but fd {fd} ({name:?}) is {found}, not {expected}: {INHERITED_HINT}"
         );
     }
-    let hint = match found {
-        FdKind::Socket {
-            listening: false, ..
-        } if expected.contains("listening") => {
-            "the launcher passed an accepted connection (inetd style, systemd Accept=yes): take it \
-             as a stream, or configure the launcher to pass the listening socket"
-        }
-        FdKind::Socket {
-            listening: true, ..
-        } if expected.contains("connected") => {
-            "the launcher passed a listening socket: take it as a listener and accept() on it"
-        }
-        _ => {
-            "check the launcher's socket options (systemd: ListenStream=, ListenDatagram=, \
-             ListenSequentialPacket=; sd-launch: -l/-d) or take the fd as another type"
-        }
-    };
+    let hint = socket_hint(Expect::from_description(expected), found);
     format!("fd {fd} ({name:?}) is {found}, not {expected}: {hint}")
+}
+
+/// Why a socket is not what was asked for, and what to do, for the first difference in this
+/// order: socket type (stream, datagram, sequential-packet), family (IP or Unix), listening or
+/// connected. Each hint names what was really found, how launchers are told to pass what was
+/// asked for, and the method that takes the socket as it is.
+fn socket_hint(expect: Option<Expect>, found: &FdKind) -> String {
+    let method = Expect::method_for(found);
+    let as_it_is = if method == "take_fd" {
+        "or take it as a raw fd with `take_fd`".to_owned()
+    } else {
+        format!("or take it as what it is with `{method}` (tokio: `tokio_{method}`)")
+    };
+    let generic = || {
+        format!(
+            "check the launcher's socket options (systemd: ListenStream=, ListenDatagram=, \
+             ListenSequentialPacket=; sd-launch: -l, --datagram, --seqpacket), {as_it_is}"
+        )
+    };
+    let (
+        Some(wants),
+        FdKind::Socket {
+            family,
+            socket_type,
+            listening,
+            ..
+        },
+    ) = (expect.and_then(Expect::wants), found)
+    else {
+        return generic();
+    };
+    let ip = matches!(family, Family::Inet | Family::Inet6);
+    match (*socket_type, wants.socket_type) {
+        (SocketType::Dgram, SocketType::Stream) => format!(
+            "a datagram socket{} has no connections: the launcher is set up for datagram \
+             sockets (sd-launch --datagram, systemd ListenDatagram=); pass a stream socket \
+             instead (drop --datagram; systemd ListenStream=), {as_it_is}",
+            if ip { " (UDP)" } else { "" }
+        ),
+        (SocketType::SeqPacket, SocketType::Stream) => format!(
+            "the launcher is set up for sequential-packet sockets (sd-launch --seqpacket, \
+             systemd ListenSequentialPacket=); pass a stream socket instead (drop --seqpacket; \
+             systemd ListenStream=), {as_it_is}"
+        ),
+        (SocketType::Stream, SocketType::Dgram) => format!(
+            "the launcher is set up for stream sockets (sd-launch without --datagram, systemd \
+             ListenStream=); pass a datagram socket instead (sd-launch --datagram, systemd \
+             ListenDatagram=), {as_it_is}"
+        ),
+        (SocketType::SeqPacket, SocketType::Dgram) => format!(
+            "the launcher is set up for sequential-packet sockets (sd-launch --seqpacket, \
+             systemd ListenSequentialPacket=); pass a datagram socket instead (sd-launch \
+             --datagram, systemd ListenDatagram=), {as_it_is}"
+        ),
+        (found_type, wanted_type) if found_type != wanted_type => generic(),
+        _ if *family == Family::Unix && wants.ip => format!(
+            "it is a Unix socket, not an IP one (sd-launch -l ./path or -l @name, systemd \
+             {directive}/path): pass an IP address and port instead (sd-launch -l \
+             127.0.0.1:0, systemd {directive}127.0.0.1:8080), {as_it_is}",
+            directive = directive(*socket_type)
+        ),
+        _ if ip && !wants.ip => format!(
+            "it is an IP socket, not a Unix one: pass a Unix socket path instead (sd-launch -l \
+             ./app.sock, systemd {directive}/run/app.sock), {as_it_is}",
+            directive = directive(*socket_type)
+        ),
+        _ if !ip && *family != Family::Unix => generic(),
+        _ if !*listening && wants.listening == Some(true) => format!(
+            "the launcher passed an accepted connection (inetd style: systemd Accept=yes, \
+             sd-launch --accept): take it as a stream with `{method}`, or configure the \
+             launcher to pass the listening socket"
+        ),
+        _ if *listening && wants.listening == Some(false) => format!(
+            "the launcher passed a listening socket: take it as a listener with `{method}` \
+             and accept() on it"
+        ),
+        _ => generic(),
+    }
+}
+
+/// The systemd `.socket` directive for sockets of this type.
+fn directive(socket_type: SocketType) -> &'static str {
+    match socket_type {
+        SocketType::Dgram => "ListenDatagram=",
+        SocketType::SeqPacket => "ListenSequentialPacket=",
+        _ => "ListenStream=",
+    }
 }
 
 impl Error {

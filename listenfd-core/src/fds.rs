@@ -143,6 +143,18 @@ impl Options {
     /// returned value: a second call in the same process returns [`Error::AlreadyTaken`].
     /// An empty `ListenFds` means "nothing was passed to us" (not an error), as in libsystemd.
     ///
+    /// **Trusted, not `unsafe`.** Like [`Options::from_vars`] this takes ownership of the fds
+    /// the variables announce, but trusting the environment is the protocol's own premise:
+    /// whoever executed this process put the fds and the variables in place together, and
+    /// `LISTEN_PID` tells the process they were meant for from one that merely inherited them.
+    /// Code in the process that changes the environment does so in its own `unsafe` block
+    /// (`std::env::set_var`, Rust 2024) and answers for it. The one limit no receiver can get
+    /// past, libsystemd included, is an announced fd number that the process itself reused
+    /// for something else before receiving (say fd 3 was closed at exec and a `File` got it):
+    /// it cannot be told apart from a passed fd. Receive first thing in `main`, before
+    /// opening anything, and this cannot happen; if it does anyway, the typed takes refuse
+    /// the file and leave it open.
+    ///
     /// ```
     /// let fds = listenfd_core::Options::new().from_env()?;
     /// assert_eq!(fds.len(), 0);
@@ -162,7 +174,10 @@ impl Options {
             listen_fdnames: values[3].as_deref(),
             listen_fds_first_fd: values[4].as_deref(),
         };
-        let result = receive(&vars, self.lenient);
+        // SAFETY: the fds the environment announces are this process's to own: that is the
+        // protocol's premise (see "Trusted, not unsafe" above), and the claim makes this the
+        // only receiver.
+        let result = unsafe { receive(&vars, self.lenient) };
         let env_unset = self.unset_env && single_threaded();
         if env_unset {
             // SAFETY: this process has exactly one thread (checked just above), so nothing
@@ -185,13 +200,41 @@ impl Options {
     /// use listenfd_core::{env::Vars, Options};
     /// // Values saved earlier, e.g. read from the environment before threads were started.
     /// let vars = Vars { listen_pid: Some("1"), listen_fds: Some("1"), ..Vars::default() };
-    /// let fds = Options::new().from_vars(&vars)?; // pid 1 is not us: nothing passed
+    /// // SAFETY: the values name another process (pid 1), so no fd is taken.
+    /// let fds = unsafe { Options::new().from_vars(&vars) }?;
     /// assert!(fds.is_empty());
     /// # Ok::<(), listenfd_core::Error>(())
     /// ```
-    pub fn from_vars(&self, vars: &Vars<'_>) -> Result<ListenFds, Error> {
+    ///
+    /// # Safety
+    ///
+    /// When the values are for this process (its pid in `LISTEN_PID`, or no `LISTEN_PID` in
+    /// lenient mode), the returned `ListenFds` takes ownership of every fd they announce
+    /// (`LISTEN_FDS` of them from fd 3, or from `LISTEN_FDS_FIRST_FD` in lenient mode) as
+    /// [`OwnedFd::from_raw_fd`] would: it hands them out, and closes those not taken when it
+    /// is dropped. So, for every fd number the values announce, the caller guarantees that
+    /// during this call it is either not open, or open and owned by nothing else in the
+    /// process: no `File`, socket or `OwnedFd`, and no other code that will read, write or
+    /// close it, and that closing is all the clean-up it needs. Two harmless side effects do
+    /// not depend on it: every announced fd that is open gets `FD_CLOEXEC` (even when an
+    /// error is returned), and one that is not open is [`Error::NotOpen`], with nothing taken.
+    /// Values for another process, or malformed ones, take nothing.
+    ///
+    /// Values read from this process's environment at the top of `main`, before it opened
+    /// anything, meet this as far as the protocol itself can (see [`Options::from_env`]).
+    ///
+    /// Because it takes ownership of the fd numbers it is told, safe code cannot call it:
+    ///
+    /// ```compile_fail,E0133
+    /// use listenfd_core::{env::Vars, Options};
+    /// let pid = std::process::id().to_string();
+    /// let vars = Vars { listen_pid: Some(&pid), listen_fds: Some("1"), ..Vars::default() };
+    /// let _fds = Options::new().from_vars(&vars); // error[E0133]: needs an unsafe block
+    /// ```
+    pub unsafe fn from_vars(&self, vars: &Vars<'_>) -> Result<ListenFds, Error> {
         claim()?;
-        receive(vars, self.lenient)
+        // SAFETY: our caller's promise (# Safety above) is exactly receive's requirement.
+        unsafe { receive(vars, self.lenient) }
     }
 }
 
@@ -272,7 +315,12 @@ fn own_pidfd_id() -> Option<u64> {
 }
 
 /// Parse, check and set `FD_CLOEXEC`, then take ownership. Requires a successful [`claim`].
-fn receive(vars: &Vars<'_>, lenient: bool) -> Result<ListenFds, Error> {
+///
+/// # Safety
+///
+/// The fds `vars` announces, when they are for this process, are open and owned by nothing
+/// else, or not open (the contract of [`Options::from_vars`]).
+unsafe fn receive(vars: &Vars<'_>, lenient: bool) -> Result<ListenFds, Error> {
     let pidfd_id = vars.listen_pidfdid.and_then(|_| own_pidfd_id());
     let parsed = match env::parse(vars, std::process::id(), pidfd_id, lenient) {
         Ok(parsed) => parsed,
@@ -306,9 +354,9 @@ fn receive(vars: &Vars<'_>, lenient: bool) -> Result<ListenFds, Error> {
         .map(|(index, fd)| Slot {
             fd,
             name: parsed.name(index).unwrap_or("unknown").to_owned(),
-            // SAFETY: the fd is open (FD_CLOEXEC was just set on it), the protocol hands it to
-            // this process, and the process-wide CLAIMED flag makes this the only owner this
-            // crate ever creates for it.
+            // SAFETY: the fd is open (FD_CLOEXEC was just set on it) and nothing else owns it
+            // (this function's contract); the process-wide CLAIMED flag makes this the only
+            // owner this crate ever creates for it.
             owned: Some(unsafe { OwnedFd::from_raw_fd(fd) }),
         })
         .collect();
@@ -598,7 +646,65 @@ pub(crate) enum Expect {
     Any,
 }
 
+/// What a typed take asks for, field by field (for the hints of [`Error::WrongType`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Wants {
+    /// An IP socket (`AF_INET` or `AF_INET6`), else a Unix one.
+    pub(crate) ip: bool,
+    pub(crate) socket_type: crate::inspect::SocketType,
+    /// `Some(true)`: a listener, `Some(false)`: a connection, `None`: either (datagrams).
+    pub(crate) listening: Option<bool>,
+}
+
 impl Expect {
+    const TYPED: [Expect; 6] = [
+        Expect::TcpListener,
+        Expect::TcpStream,
+        Expect::UdpSocket,
+        Expect::UnixListener,
+        Expect::UnixStream,
+        Expect::UnixDatagram,
+    ];
+
+    /// The typed take whose [`description`](Expect::description) this is.
+    pub(crate) fn from_description(description: &str) -> Option<Expect> {
+        Expect::TYPED
+            .into_iter()
+            .find(|e| e.description() == description)
+    }
+
+    /// What the take asks for; `None` for [`Expect::Any`].
+    pub(crate) fn wants(self) -> Option<Wants> {
+        use crate::inspect::SocketType::{Dgram, Stream};
+        let (ip, socket_type, listening) = match self {
+            Expect::TcpListener => (true, Stream, Some(true)),
+            Expect::TcpStream => (true, Stream, Some(false)),
+            Expect::UdpSocket => (true, Dgram, None),
+            Expect::UnixListener => (false, Stream, Some(true)),
+            Expect::UnixStream => (false, Stream, Some(false)),
+            Expect::UnixDatagram => (false, Dgram, None),
+            Expect::Any => return None,
+        };
+        Some(Wants {
+            ip,
+            socket_type,
+            listening,
+        })
+    }
+
+    /// The `ListenFds` method that takes what `kind` is (`take_fd` when no typed one does).
+    pub(crate) fn method_for(kind: &FdKind) -> &'static str {
+        match Expect::TYPED.into_iter().find(|e| e.matches(kind)) {
+            Some(Expect::TcpListener) => "tcp_listener",
+            Some(Expect::TcpStream) => "tcp_stream",
+            Some(Expect::UdpSocket) => "udp_socket",
+            Some(Expect::UnixListener) => "unix_listener",
+            Some(Expect::UnixStream) => "unix_stream",
+            Some(Expect::UnixDatagram) => "unix_datagram",
+            Some(Expect::Any) | None => "take_fd",
+        }
+    }
+
     fn description(self) -> &'static str {
         match self {
             Expect::TcpListener => "a listening TCP socket",

@@ -46,6 +46,75 @@
 //!   the environment.
 //! * The pure decision logic is [`env::parse`], usable without any process state.
 //!
+//! # Stop signals in a tokio daemon
+//!
+//! Receiving before the runtime starts (above) has a twin: a daemon started by a launcher can
+//! be sent `SIGTERM` at any moment of its start-up (`export $(sd-launch -- mydaemon); kill
+//! $LAUNCHED_PID`), and tokio cannot lose it only if it is *blocked* until the handler is
+//! registered. Before tokio's handler exists the default action kills the process, which at
+//! least stops it; but `tokio::signal::unix::signal` installs the process-wide handler first
+//! and connects it to the returned stream just after, and a signal in between is consumed
+//! with nowhere to go: the daemon keeps running. The pattern, in this order:
+//!
+//! 1. first thing in `main`, while it is the only thread, block the signals you handle with
+//!    `pthread_sigmask` (threads created later inherit the mask);
+//! 2. receive the fds (still single-threaded), build the runtime;
+//! 3. create every signal stream (inside the runtime's context);
+//! 4. unblock in the main thread: a signal sent since step 1 is delivered now, to a registered
+//!    handler.
+//!
+//! The runtime's threads keep the signals blocked, so the kernel delivers them to the main
+//! thread, which is inside `block_on` until the end; child processes spawned with std's or
+//! tokio's `Command` start with an empty mask regardless. This example sends itself `SIGTERM`
+//! before the runtime exists (a hidden line), as an unlucky `kill` would, and stops on it:
+//!
+//! ```
+//! use tokio::signal::unix::{SignalKind, signal};
+//!
+//! /// `pthread_sigmask(how, {SIGTERM, SIGINT})` for the calling thread.
+//! fn stop_signals(how: libc::c_int) -> std::io::Result<()> {
+//!     // SAFETY: sigemptyset initialises `set` before the other calls read it, and
+//!     // pthread_sigmask changes only the calling thread's mask.
+//!     let rc = unsafe {
+//!         let mut set: libc::sigset_t = std::mem::zeroed();
+//!         libc::sigemptyset(&mut set);
+//!         libc::sigaddset(&mut set, libc::SIGTERM);
+//!         libc::sigaddset(&mut set, libc::SIGINT);
+//!         libc::pthread_sigmask(how, &set, std::ptr::null_mut())
+//!     };
+//!     match rc {
+//!         0 => Ok(()),
+//!         errno => Err(std::io::Error::from_raw_os_error(errno)),
+//!     }
+//! }
+//!
+//! fn main() -> Result<(), Box<dyn std::error::Error>> {
+//!     stop_signals(libc::SIG_BLOCK)?; // 1. before any thread exists
+//!     let mut fds = listenfd_core::ListenFds::from_env()?; // 2.
+//!     let listener = fds.tcp_listener_or_bind(0, "127.0.0.1:0")?;
+//!     # // SAFETY: kill takes plain integers; it signals this very process.
+//!     # assert_eq!(unsafe { libc::kill(libc::getpid(), libc::SIGTERM) }, 0);
+//!     let runtime = tokio::runtime::Builder::new_multi_thread()
+//!         .enable_all()
+//!         .build()?;
+//!     let (mut term, mut int) = {
+//!         let _context = runtime.enter(); // 3.
+//!         (signal(SignalKind::terminate())?, signal(SignalKind::interrupt())?)
+//!     };
+//!     stop_signals(libc::SIG_UNBLOCK)?; // 4. a pending SIGTERM is delivered here
+//!     runtime.block_on(async move {
+//!         listener.set_nonblocking(true)?;
+//!         let listener = tokio::net::TcpListener::from_std(listener)?;
+//!         tokio::select! {
+//!             _ = term.recv() => eprintln!("SIGTERM: stopping"),
+//!             _ = int.recv() => eprintln!("SIGINT: stopping"),
+//!             _ = async { loop { let _ = listener.accept().await; } } => {}
+//!         }
+//!         Ok(())
+//!     })
+//! }
+//! ```
+//!
 //! # Debugging
 //!
 //! `cargo run -p listenfd-core --example inspect` under any launcher prints what a process

@@ -168,6 +168,19 @@ mod tests {
     }
 
     #[tokio::test(flavor = "current_thread")]
+    async fn a_udp_socket_for_tokio_tcp_listener_is_called_a_datagram_socket() {
+        let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let mut fds = ListenFds::from_owned(vec![(udp.into(), "dns")]);
+        let err = fds.tokio_tcp_listener("dns").unwrap_err().to_string();
+        assert!(err.contains("is a UDP socket (127.0.0.1:"), "{err}");
+        assert!(err.contains("drop --datagram"), "{err}");
+        assert!(err.contains("`tokio_udp_socket`"), "{err}");
+        assert!(!err.contains("accepted connection"), "{err}");
+        assert!(!fds.is_taken(0));
+        fds.tokio_udp_socket("dns").unwrap();
+    }
+
+    #[tokio::test(flavor = "current_thread")]
     async fn blocking_passed_listener_becomes_nonblocking_and_serves() {
         // A blocking listener, as launchers pass them.
         let std_listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();

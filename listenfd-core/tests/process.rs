@@ -22,16 +22,19 @@ use child::{CHILD, Child, fd_state};
 // ---------------------------------------------------------------------------------------------
 // Child side
 
-/// Child spec: `opt,opt;take,take` with opts `lenient`, `keep-env`, `threads` and takes
+/// Child spec: `opt,opt;take,take` with opts `lenient`, `keep-env`, `threads`, `from-vars`
+/// (receive with `Options::from_vars` from the values of the environment, copied) and takes
 /// `kind:index-or-name`.
 fn child(spec: &str) {
     let (opts, takes) = spec.split_once(';').unwrap_or((spec, ""));
     let mut options = Options::new();
     let mut _thread = None;
+    let mut from_vars = false;
     for opt in opts.split(',').filter(|o| !o.is_empty()) {
         match opt {
             "lenient" => options = options.lenient(true),
             "keep-env" => options = options.unset_env(false),
+            "from-vars" => from_vars = true,
             "threads" => {
                 _thread = Some(std::thread::spawn(|| {
                     std::thread::sleep(std::time::Duration::from_secs(30))
@@ -40,7 +43,25 @@ fn child(spec: &str) {
             other => panic!("unknown child option {other}"),
         }
     }
-    let result = options.from_env();
+    let result = if from_vars {
+        let saved: Vec<Option<String>> = listenfd_core::env::VARIABLES
+            .iter()
+            .map(|name| std::env::var(name).ok())
+            .collect();
+        let vars = listenfd_core::env::Vars {
+            listen_pid: saved[0].as_deref(),
+            listen_pidfdid: saved[1].as_deref(),
+            listen_fds: saved[2].as_deref(),
+            listen_fdnames: saved[3].as_deref(),
+            listen_fds_first_fd: saved[4].as_deref(),
+        };
+        // SAFETY: the values are this child's own environment, read at the top of main; the
+        // parent put the announced fds in place at exec, and nothing in this process has
+        // opened, wrapped or closed any of them since.
+        unsafe { options.from_vars(&vars) }
+    } else {
+        options.from_env()
+    };
     report(
         "result",
         match &result {
@@ -344,6 +365,26 @@ fn keep_env_never_touches_the_environment() {
     assert_eq!(r["env_unset"], "false");
 }
 
+fn from_vars_receives_what_the_values_announce_and_leaves_the_environment() {
+    let listener = tcp_listener();
+    let addr = listener.local_addr().unwrap();
+    let r = Child::new("from-vars;tcp_listener:http")
+        .fd(3, listener)
+        .env("LISTEN_FDS", 1)
+        .env("LISTEN_FDNAMES", "http")
+        .run();
+    assert_eq!(r["result"], "ok:1");
+    assert_eq!(r["fd3"], "cloexec");
+    assert_eq!(r["take0"], format!("ok:{addr}"));
+    assert_eq!(
+        (r["LISTEN_PID"].as_str(), r["LISTEN_FDS"].as_str()),
+        ("set", "set"),
+        "from_vars neither reads nor changes the environment"
+    );
+    assert_eq!(r["env_unset"], "false");
+    assert!(r["second"].contains("already claimed"), "{}", r["second"]);
+}
+
 fn multi_threaded_process_keeps_the_environment() {
     let r = Child::new("threads")
         .fd(3, tcp_listener())
@@ -470,6 +511,10 @@ fn main() {
         (
             "keep_env_never_touches_the_environment",
             keep_env_never_touches_the_environment,
+        ),
+        (
+            "from_vars_receives_what_the_values_announce_and_leaves_the_environment",
+            from_vars_receives_what_the_values_announce_and_leaves_the_environment,
         ),
         (
             "multi_threaded_process_keeps_the_environment",
