@@ -136,16 +136,21 @@ pub enum Error {
         /// The last lines of its stderr, if known.
         stderr: Option<String>,
     },
-    /// The daemon did not send `READY=1` in time (it is stopped).
+    /// The daemon was not ready in time (it is stopped).
     #[error(
-        "{program} did not send READY=1 within {timeout:?} (does it support sd_notify? \
-         raise the timeout, or drop --ready)"
+        "{program} did not {what} within {timeout:?} ({}){}",
+        ready_hint(.what),
+        tail_text(.stderr)
     )]
     ReadyTimeout {
         /// The program as given.
         program: String,
+        /// What it did not do, e.g. "send READY=1".
+        what: String,
         /// How long we waited.
         timeout: std::time::Duration,
+        /// The last lines of its stderr, if known.
+        stderr: Option<String>,
     },
     /// A stop signal (SIGTERM, SIGINT, SIGQUIT) came while we waited for the daemon to be
     /// ready; the daemon was stopped (exit code 128 + the signal, as a shell reports it).
@@ -155,6 +160,35 @@ pub enum Error {
         program: String,
         /// The signal.
         signal: i32,
+    },
+    /// A readiness strategy or log pattern could not be parsed.
+    #[error("invalid readiness check {pattern:?}: {reason}")]
+    Pattern {
+        /// What was given.
+        pattern: String,
+        /// Why it is invalid.
+        reason: String,
+    },
+    /// A test asked for a socket the daemon does not have, or of another kind.
+    #[error("{which} has no {wanted}: {found}")]
+    NoSuchSocket {
+        /// The socket asked for, e.g. `socket "http"`.
+        which: String,
+        /// What was asked of it.
+        wanted: &'static str,
+        /// What there is instead.
+        found: String,
+    },
+    /// A binary of the Cargo workspace is not built (or not where tests find it).
+    #[error(
+        "{name} is not built (looked for {looked}): build it first, e.g. `cargo build --bin {name}` \
+         (`cargo test` builds the binaries of the package under test, not of other packages)"
+    )]
+    NotBuilt {
+        /// The binary's name.
+        name: String,
+        /// Where it was looked for.
+        looked: PathBuf,
     },
     /// Options that cannot be combined.
     #[error("{0}")]
@@ -176,6 +210,14 @@ fn spaced(when: &str) -> String {
         String::new()
     } else {
         format!(" {when}")
+    }
+}
+
+fn ready_hint(what: &str) -> &'static str {
+    if what.contains("READY=1") {
+        "does it support sd_notify? raise the timeout, choose another --ready-when, or drop --ready"
+    } else {
+        "raise the timeout, or choose another --ready-when"
     }
 }
 
@@ -214,6 +256,8 @@ impl Error {
             | Error::NameCount { .. }
             | Error::Nul { .. }
             | Error::EnvName { .. }
+            | Error::NoSuchSocket { .. }
+            | Error::Pattern { .. }
             | Error::Conflict(_) => 2,
             Error::Socket { .. } | Error::PathInUse { .. } => 3,
             Error::Spawn { .. }
@@ -223,7 +267,7 @@ impl Error {
             Error::Exited { .. } => 5,
             Error::ReadyTimeout { .. } => 6,
             Error::NotExecutable { .. } => 126,
-            Error::NotFound { .. } => 127,
+            Error::NotFound { .. } | Error::NotBuilt { .. } => 127,
             Error::Interrupted { signal, .. } => 128 + signal,
         }
     }

@@ -7,14 +7,16 @@ use std::fs::File;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
+use crate::capture::{Capture, Writers};
 use crate::error::Error;
-use crate::launched::Launched;
+use crate::launched::{Launched, Readiness};
 use crate::process::{Child, Gate, Plan};
 use crate::sockets::{CreatedPath, LaunchedSocket, SocketSet, SocketSpec};
-use crate::supervisor::Signals;
 use crate::supervisor::notify::{NOTIFY_SOCKET, NotifySocket};
+use crate::supervisor::{Signals, Wait};
 
 /// Variables of the protocol that a launcher sets itself (listenfd-core's list): never
 /// inherited from our own environment, which would hand the daemon a stale or foreign
@@ -25,21 +27,53 @@ const PROTOCOL_VARIABLES: [&str; 5] = listenfd_core::env::VARIABLES;
 ///
 /// ```
 /// use sd_launch::Stdio;
-/// let _ = (Stdio::inherit(), Stdio::null(), Stdio::from(std::fs::File::open("/dev/null")?));
+/// let _ = (Stdio::inherit(), Stdio::null(), Stdio::capture());
+/// let _ = Stdio::from(std::fs::File::open("/dev/null")?);
 /// # Ok::<(), std::io::Error>(())
 /// ```
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Stdio(StdioKind);
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 enum StdioKind {
     Inherit,
     Null,
-    Fd(OwnedFd),
+    Fd(Arc<OwnedFd>),
+    /// Captured, and copied to the fd if there is one.
+    Capture(Option<Arc<OwnedFd>>),
 }
 
 impl Stdio {
-    /// The same as ours (the default for [`Launch`]).
+    /// Captured (the default for stdout and stderr): read by the launcher into a bounded
+    /// buffer (the last 256 KiB of each stream), never blocking the daemon; the text is on
+    /// [`Launched::stdout`] and [`Launched::stderr`], its tail is in every error about the
+    /// daemon, and it is printed with the test's own output when a test panics while it
+    /// holds the [`Launched`] handle (so `cargo test` shows it only for failures).
+    ///
+    /// ```
+    /// let mut daemon = sd_launch::Launch::new("sh").args(["-c", "echo hello"]).spawn()?;
+    /// daemon.wait()?;
+    /// assert_eq!(daemon.stdout().as_deref(), Some("hello\n"));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn capture() -> Stdio {
+        Stdio(StdioKind::Capture(None))
+    }
+
+    /// Captured as with [`capture`](Stdio::capture), and every byte also copied to `copy`
+    /// (our own stdout, a log file) as it comes: `sd-launch --ready-when=log:...` watches
+    /// the output this way while the user still sees it.
+    ///
+    /// ```
+    /// let copy = tempfile::tempfile()?;
+    /// let _ = sd_launch::Stdio::capture_and_copy(copy);
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn capture_and_copy(copy: impl Into<OwnedFd>) -> Stdio {
+        Stdio(StdioKind::Capture(Some(Arc::new(copy.into()))))
+    }
+
+    /// The same as ours (the default for stdin).
     ///
     /// ```
     /// let _ = sd_launch::Stdio::inherit();
@@ -60,13 +94,13 @@ impl Stdio {
 
 impl From<OwnedFd> for Stdio {
     fn from(fd: OwnedFd) -> Stdio {
-        Stdio(StdioKind::Fd(fd))
+        Stdio(StdioKind::Fd(Arc::new(fd)))
     }
 }
 
 impl From<File> for Stdio {
     fn from(file: File) -> Stdio {
-        Stdio(StdioKind::Fd(file.into()))
+        Stdio(StdioKind::Fd(Arc::new(file.into())))
     }
 }
 
@@ -93,7 +127,7 @@ impl From<File> for Stdio {
 ///   clients fail at once (connection refused) instead of hanging in a backlog nobody accepts
 ///   from. Addresses stay available through [`Launched::sockets`].
 /// * Standard streams are inherited, as with `Command`.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Launch {
     program: OsString,
     args: Vec<OsString>,
@@ -106,9 +140,9 @@ pub struct Launch {
     kill_on_drop: bool,
     parent_death_signal: Option<i32>,
     process_group: bool,
-    inetd: Option<OwnedFd>,
-    ready: Option<Duration>,
-    signals: Option<Signals>,
+    inetd: Option<Arc<OwnedFd>>,
+    ready: Option<(Wait, Duration)>,
+    signals: Option<Arc<Signals>>,
 }
 
 impl Launch {
@@ -125,7 +159,7 @@ impl Launch {
             env: BTreeMap::new(),
             env_clear: false,
             cwd: None,
-            stdio: [Stdio::inherit(), Stdio::inherit(), Stdio::inherit()],
+            stdio: [Stdio::inherit(), Stdio::capture(), Stdio::capture()],
             sockets: SocketSet::new(),
             with_pid: true,
             kill_on_drop: true,
@@ -135,6 +169,20 @@ impl Launch {
             ready: None,
             signals: None,
         }
+    }
+
+    /// A launch of `name`, a binary of the Cargo workspace under test, by name instead of
+    /// path: `CARGO_BIN_EXE_<name>` when Cargo set it, else the target directory of the
+    /// running test executable (`target/<profile>/<name>`, as assert_cmd and escargot find
+    /// it). An error names the path looked at and the command that builds it.
+    ///
+    /// ```
+    /// let err = sd_launch::Launch::cargo_bin("no-such-binary").unwrap_err();
+    /// assert_eq!(err.exit_code(), 127);
+    /// assert!(err.to_string().contains("cargo build --bin no-such-binary"), "{err}");
+    /// ```
+    pub fn cargo_bin(name: &str) -> Result<Launch, Error> {
+        cargo_bin(name).map(Launch::new)
     }
 
     /// Add an argument.
@@ -399,7 +447,7 @@ impl Launch {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn inetd(mut self, conn: impl Into<OwnedFd>) -> Launch {
-        self.inetd = Some(conn.into());
+        self.inetd = Some(Arc::new(conn.into()));
         self
     }
 
@@ -429,8 +477,28 @@ impl Launch {
     /// assert!(err.to_string().contains("cannot load config"), "{err}");
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
-    pub fn ready(mut self, timeout: Duration) -> Launch {
-        self.ready = Some(timeout);
+    pub fn ready(self, timeout: Duration) -> Launch {
+        self.wait_until(Wait::Notify, timeout)
+    }
+
+    /// Wait until the daemon is ready by `wait`, at most `timeout`, before
+    /// [`spawn`](Launch::spawn) returns: `READY=1` ([`ready`](Launch::ready)), an accepted
+    /// connection, an HTTP path answering 2xx, or a line of its output (see [`Wait`]). When
+    /// the daemon exits first or `timeout` passes, it is killed and reaped, and the error
+    /// says which, with the tail of its output.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use sd_launch::{Launch, Wait};
+    /// let daemon = Launch::new("sh")
+    ///     .args(["-c", "echo loading >&2; sleep 0.1; echo listening on fd 3; exec sleep 30"])
+    ///     .wait_until(Wait::log("^listening")?, Duration::from_secs(10))
+    ///     .spawn()?;
+    /// assert!(daemon.stdout().unwrap().contains("listening on fd 3"));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn wait_until(mut self, wait: Wait, timeout: Duration) -> Launch {
+        self.ready = Some((wait, timeout));
         self
     }
 
@@ -446,7 +514,7 @@ impl Launch {
     /// # Ok::<(), std::io::Error>(())
     /// ```
     pub fn stop_on(mut self, signals: &Signals) -> io::Result<Launch> {
-        self.signals = Some(signals.try_clone()?);
+        self.signals = Some(Arc::new(signals.try_clone()?));
         Ok(self)
     }
 
@@ -458,7 +526,7 @@ impl Launch {
     /// let err = sd_launch::Launch::new("no-such-program-anywhere").spawn().unwrap_err();
     /// assert_eq!(err.exit_code(), 127);
     /// ```
-    pub fn spawn(self) -> Result<Launched, Error> {
+    pub fn spawn(&self) -> Result<Launched, Error> {
         let (launched, _) = self.start(false)?;
         launched.wait_ready()
     }
@@ -477,7 +545,7 @@ impl Launch {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn spawn_with(
-        self,
+        &self,
         before_exec: impl FnOnce(u32, &[LaunchedSocket]) -> io::Result<()>,
     ) -> Result<Launched, Error> {
         let held = self.spawn_held()?;
@@ -527,7 +595,7 @@ impl Launch {
     /// assert!(daemon.wait()?.success());
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
-    pub fn spawn_held(self) -> Result<Held, Error> {
+    pub fn spawn_held(&self) -> Result<Held, Error> {
         let (launched, gate) = self.start(true)?;
         Ok(Held {
             launched: Some(launched),
@@ -535,8 +603,8 @@ impl Launch {
         })
     }
 
-    fn start(self, gate: bool) -> Result<(Launched, Option<Gate>), Error> {
-        let mut prepared = self.prepare()?;
+    fn start(&self, gate: bool) -> Result<(Launched, Option<Gate>), Error> {
+        let mut prepared = self.clone().prepare()?;
         let (child, gate) = prepared.spawn_child(gate)?;
         Ok((prepared.into_launched(child), gate))
     }
@@ -567,11 +635,7 @@ impl Launch {
                      drop the listen/fd sockets or the inetd connection",
                 ));
             }
-            let copy = conn.try_clone().map_err(|source| Error::Os {
-                context: "duplicate the inetd connection",
-                source,
-            })?;
-            stdio[0] = Stdio(StdioKind::Fd(copy));
+            stdio[0] = Stdio(StdioKind::Fd(Arc::clone(&conn)));
             stdio[1] = Stdio(StdioKind::Fd(conn));
         }
         let bound = if announce {
@@ -601,8 +665,8 @@ impl Launch {
                 vars.push(("LISTEN_FDNAMES".into(), names.into()));
             }
         }
-        let notify = match ready {
-            Some(_) => {
+        let notify = match &ready {
+            Some((Wait::Notify, _)) => {
                 let socket = NotifySocket::new().map_err(|source| Error::Os {
                     context: "create the notification socket",
                     source,
@@ -611,7 +675,7 @@ impl Launch {
                 vars.push((NOTIFY_SOCKET.into(), socket.address().into()));
                 Some(socket)
             }
-            None => None,
+            _ => None,
         };
 
         let mut plan = Plan::new(&program, &args, &vars, with_pid && announce, cwd.as_deref())?;
@@ -620,11 +684,34 @@ impl Launch {
             StdioKind::Fd(fd) => regular_file_copy(fd),
             _ => None,
         };
+        let os = |source| Error::Os {
+            context: "create the pipes that capture the daemon's output",
+            source,
+        };
+        let captured = |i: usize| -> Result<Option<Option<OwnedFd>>, Error> {
+            match &stdio[i].0 {
+                StdioKind::Capture(None) => Ok(Some(None)),
+                StdioKind::Capture(Some(copy)) => Ok(Some(Some(copy.try_clone().map_err(os)?))),
+                _ => Ok(None),
+            }
+        };
+        let streams = [captured(1)?, captured(2)?];
+        let (capture, writers) = if streams.iter().any(Option::is_some) {
+            let (capture, writers) =
+                Capture::start(streams, &program.to_string_lossy()).map_err(os)?;
+            (Some(capture), Some(writers))
+        } else {
+            (None, None)
+        };
         for (i, s) in stdio.iter().enumerate() {
             plan.stdio[i] = match &s.0 {
                 StdioKind::Inherit => None,
                 StdioKind::Null => null.as_ref().map(AsRawFd::as_raw_fd),
                 StdioKind::Fd(fd) => Some(fd.as_raw_fd()),
+                StdioKind::Capture(_) => writers.as_ref().and_then(|w| {
+                    let fd = if i == 1 { &w.stdout } else { &w.stderr };
+                    fd.as_ref().map(AsRawFd::as_raw_fd)
+                }),
             };
         }
         let (fds, sockets, created) = match bound {
@@ -640,6 +727,8 @@ impl Launch {
             _fds: fds,
             _stdio: stdio,
             _null: null,
+            _writers: writers,
+            capture,
             stderr_copy,
             sockets,
             created,
@@ -662,14 +751,17 @@ pub(crate) struct Prepared {
     // The fds in `plan.stdio` point into these two: they live as long as the plan.
     _stdio: [Stdio; 3],
     _null: Option<OwnedFd>,
+    /// The write ends of the capture pipes, for every child of the plan.
+    _writers: Option<Writers>,
+    capture: Option<Capture>,
     stderr_copy: Option<File>,
     pub(crate) sockets: Vec<LaunchedSocket>,
     created: Vec<CreatedPath>,
     kill_on_drop: bool,
     pub(crate) notify: Option<NotifySocket>,
-    pub(crate) ready: Option<Duration>,
+    pub(crate) ready: Option<(Wait, Duration)>,
     /// Stop signals that end a readiness wait ([`Launch::stop_on`]).
-    pub(crate) signals: Option<Signals>,
+    pub(crate) signals: Option<Arc<Signals>>,
 }
 
 impl Prepared {
@@ -699,6 +791,7 @@ impl Prepared {
             true,
         )
         .with_stderr(stderr)
+        .with_capture(self.capture.as_ref().map(Capture::share))
     }
 
     /// The handle of the one child of this plan: it takes the socket files, the
@@ -713,18 +806,31 @@ impl Prepared {
             self.kill_on_drop,
         )
         .with_stderr(self.stderr_copy)
+        .with_capture(self.capture)
         .with_notify(self.notify)
-        .with_ready(self.ready, self.signals)
+        .with_ready(self.ready.map(|(wait, timeout)| Readiness {
+            wait,
+            timeout,
+            signals: self.signals,
+            // The accepted-connection probe looks at our copies of the sockets.
+            listeners: self._fds,
+        }))
     }
 
     /// Wait until `daemon`, a child of this plan, is ready (when readiness is asked for).
     pub(crate) fn wait_ready(&self, daemon: &mut Launched) -> Result<(), Error> {
-        match (&self.notify, self.ready) {
-            (Some(notify), Some(timeout)) => {
-                crate::launched::wait_ready(daemon, notify, timeout, self.signals.as_ref())
-            }
-            _ => Ok(()),
-        }
+        let Some((wait, timeout)) = &self.ready else {
+            return Ok(());
+        };
+        let listeners: Vec<_> = self._fds.iter().map(AsRawFd::as_raw_fd).collect();
+        crate::launched::wait_ready(
+            daemon,
+            wait,
+            *timeout,
+            self.signals.as_deref(),
+            self.notify.as_ref(),
+            &listeners,
+        )
     }
 }
 
@@ -795,6 +901,34 @@ impl Held {
                 Err(e)
             }
         }
+    }
+}
+
+/// Where a binary of the workspace under test is (see [`Launch::cargo_bin`]).
+///
+/// ```
+/// assert!(sd_launch::cargo_bin("no-such-binary").is_err());
+/// ```
+pub fn cargo_bin(name: &str) -> Result<PathBuf, Error> {
+    if let Some(path) = std::env::var_os(format!("CARGO_BIN_EXE_{name}")) {
+        return Ok(PathBuf::from(path));
+    }
+    let exe = std::env::current_exe().map_err(|source| Error::Os {
+        context: "find the running test executable",
+        source,
+    })?;
+    let mut dir = exe.parent().map(Path::to_path_buf).unwrap_or_default();
+    if dir.ends_with("deps") || dir.ends_with("examples") {
+        dir.pop();
+    }
+    let path = dir.join(name);
+    if path.is_file() {
+        Ok(path)
+    } else {
+        Err(Error::NotBuilt {
+            name: name.to_owned(),
+            looked: path,
+        })
     }
 }
 

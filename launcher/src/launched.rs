@@ -4,15 +4,20 @@
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom};
 use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::process::ExitStatus;
 use std::time::{Duration, Instant};
 
+use std::sync::Arc;
+
+use crate::capture::{Capture, Which, last_lines};
 use crate::error::Error;
 use crate::process::Child;
-use crate::sockets::{Address, CreatedPath, LaunchedSocket};
+use crate::sockets::{Address, CreatedPath, LaunchedSocket, SocketRef};
 use crate::supervisor::Signals;
+use crate::supervisor::Wait;
 use crate::supervisor::notify::NotifySocket;
-use crate::supervisor::ready::{NotReady, wait_ready as wait_for_ready};
+use crate::supervisor::ready::{NotReady, Probes, wait_ready as wait_for_ready};
 
 /// A running daemon started by [`Launch::spawn`](crate::Launch::spawn).
 ///
@@ -39,8 +44,10 @@ pub struct Launched {
     stderr: Option<File>,
     /// The private `NOTIFY_SOCKET`, until the daemon is ready.
     notify: Option<NotifySocket>,
-    /// How long to wait for `READY=1`, and the signals that interrupt the wait.
-    ready: Option<(Duration, Option<Signals>)>,
+    /// How to wait until the daemon is ready, until it is.
+    ready: Option<Readiness>,
+    /// The daemon's captured stdout and stderr.
+    capture: Option<Capture>,
 }
 
 impl Launched {
@@ -60,6 +67,7 @@ impl Launched {
             stderr: None,
             notify: None,
             ready: None,
+            capture: None,
         }
     }
 
@@ -73,12 +81,13 @@ impl Launched {
         self
     }
 
-    pub(crate) fn with_ready(
-        mut self,
-        ready: Option<Duration>,
-        signals: Option<Signals>,
-    ) -> Launched {
-        self.ready = ready.map(|timeout| (timeout, signals));
+    pub(crate) fn with_capture(mut self, capture: Option<Capture>) -> Launched {
+        self.capture = capture;
+        self
+    }
+
+    pub(crate) fn with_ready(mut self, ready: Option<Readiness>) -> Launched {
+        self.ready = ready;
         self
     }
 
@@ -87,12 +96,20 @@ impl Launched {
     /// `WATCHDOG=1`) gets an error at once from `sd_notify` (which daemons ignore) and never
     /// blocks on a queue nobody reads.
     pub(crate) fn wait_ready(mut self) -> Result<Launched, Error> {
-        let (Some((timeout, signals)), Some(notify)) = (self.ready.take(), self.notify.take())
-        else {
+        let Some(ready) = self.ready.take() else {
             return Ok(self);
         };
-        wait_ready(&mut self, &notify, timeout, signals.as_ref())?;
-        Ok(self)
+        let notify = self.notify.take();
+        let listeners: Vec<_> = ready.listeners.iter().map(AsRawFd::as_raw_fd).collect();
+        wait_ready(
+            &mut self,
+            &ready.wait,
+            ready.timeout,
+            ready.signals.as_deref(),
+            notify.as_ref(),
+            &listeners,
+        )?;
+        Ok(self) // our socket copies and the notify socket are closed here
     }
 
     /// The program as given to [`Launch::new`](crate::Launch::new).
@@ -128,7 +145,46 @@ impl Launched {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn stderr_tail(&self) -> Option<String> {
-        self.stderr.as_ref().and_then(tail)
+        match self.stderr() {
+            Some(text) => last_lines(&text, TAIL),
+            None => self.stderr.as_ref().and_then(tail),
+        }
+    }
+
+    /// The daemon's captured stdout so far (the last 256 KiB), when it is captured
+    /// ([`Stdio::capture`](crate::Stdio::capture), the default); `None` otherwise.
+    ///
+    /// ```
+    /// let mut daemon = sd_launch::Launch::new("sh").args(["-c", "echo ready"]).spawn()?;
+    /// daemon.wait()?;
+    /// assert_eq!(daemon.stdout().as_deref(), Some("ready\n"));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn stdout(&self) -> Option<String> {
+        self.captured(Which::Stdout)
+    }
+
+    /// The daemon's captured stderr so far (the last 256 KiB), when it is captured
+    /// ([`Stdio::capture`](crate::Stdio::capture), the default); `None` otherwise.
+    ///
+    /// ```
+    /// let mut daemon = sd_launch::Launch::new("sh").args(["-c", "echo oops >&2"]).spawn()?;
+    /// daemon.wait()?;
+    /// assert_eq!(daemon.stderr().as_deref(), Some("oops\n"));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn stderr(&self) -> Option<String> {
+        self.captured(Which::Stderr)
+    }
+
+    /// The captured text of `which`, once the daemon's pipe has been drained: after the
+    /// daemon exited, whatever it wrote before is there.
+    fn captured(&self, which: Which) -> Option<String> {
+        let capture = self.capture.as_ref().filter(|c| c.has(which))?;
+        if self.child.is_reaped() {
+            capture.wait_drained(which);
+        }
+        Some(capture.text(which))
     }
 
     /// `Ok` while the daemon runs; once it has exited, an [`Error::Exited`] with its status
@@ -197,6 +253,87 @@ impl Launched {
     /// ```
     pub fn local_addr(&self, index: usize) -> SocketAddr {
         inet_addr(&self.sockets, index)
+    }
+
+    /// One socket, by index (0 is fd 3) or by name.
+    ///
+    /// ```
+    /// let server = sd_launch::Launch::new("sleep").arg("5")
+    ///     .listen(sd_launch::SocketSpec::loopback().name("http"))
+    ///     .spawn()?;
+    /// assert_eq!(server.socket("http").map(|s| s.fd), Some(3));
+    /// assert!(server.socket("admin").is_none());
+    /// assert!(server.socket(1).is_none());
+    /// # Ok::<(), sd_launch::Error>(())
+    /// ```
+    pub fn socket(&self, which: impl SocketRef) -> Option<&LaunchedSocket> {
+        which.find(&self.sockets)
+    }
+
+    /// The IP address and port of a socket, by index or name; an error (not a panic) when
+    /// there is no such socket or it is not TCP/UDP.
+    ///
+    /// ```
+    /// let server = sd_launch::Launch::new("sleep").arg("5").spawn()?;
+    /// let addr = server.addr(0)?;
+    /// let _client = std::net::TcpStream::connect(addr)?; // queued in the backlog at once
+    /// assert!(server.addr("nope").is_err());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn addr(&self, which: impl SocketRef) -> Result<SocketAddr, Error> {
+        self.lookup(&which, "an IP address", LaunchedSocket::inet)
+    }
+
+    /// The path of a Unix socket file, by index or name.
+    ///
+    /// ```
+    /// let dir = tempfile::tempdir()?;
+    /// let path = dir.path().join("api.sock");
+    /// let server = sd_launch::Launch::new("sleep").arg("5")
+    ///     .listen(sd_launch::SocketSpec::new(sd_launch::Address::Unix(path.clone())).name("api"))
+    ///     .spawn()?;
+    /// assert_eq!(server.path("api")?, path);
+    /// assert!(server.addr("api").is_err()); // not an IP socket
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn path(&self, which: impl SocketRef) -> Result<std::path::PathBuf, Error> {
+        self.lookup(&which, "a Unix socket path", |s| {
+            s.path().map(ToOwned::to_owned)
+        })
+    }
+
+    /// A base URL for HTTP over a TCP socket, by index or name: `http://127.0.0.1:PORT/`.
+    ///
+    /// ```
+    /// let server = sd_launch::Launch::new("sleep").arg("5").spawn()?;
+    /// let url = server.url(0)?;
+    /// assert_eq!(url, format!("http://{}/", server.addr(0)?));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn url(&self, which: impl SocketRef) -> Result<String, Error> {
+        self.lookup(&which, "an HTTP URL (it is not TCP)", LaunchedSocket::url)
+    }
+
+    fn lookup<T>(
+        &self,
+        which: &impl SocketRef,
+        wanted: &'static str,
+        get: impl FnOnce(&LaunchedSocket) -> Option<T>,
+    ) -> Result<T, Error> {
+        let socket = which.find(&self.sockets);
+        socket.and_then(get).ok_or_else(|| Error::NoSuchSocket {
+            which: which.describe(),
+            wanted,
+            found: match socket {
+                Some(s) => format!("it is {} {}", s.kind, describe_address(s)),
+                None => format!(
+                    "{} has {} socket(s){}",
+                    self.program,
+                    self.sockets.len(),
+                    names(&self.sockets)
+                ),
+            },
+        })
     }
 
     /// Send `signal` (e.g. `libc::SIGTERM`) to the daemon.
@@ -321,6 +458,22 @@ impl Launched {
 
 impl Drop for Launched {
     fn drop(&mut self) {
+        if std::thread::panicking()
+            && let Some(capture) = &self.capture
+        {
+            // Printed through the test harness's capture: `cargo test` shows it with the
+            // failing test's own output only.
+            for (which, name) in [(Which::Stdout, "stdout"), (Which::Stderr, "stderr")] {
+                if capture.has(which) {
+                    eprint!(
+                        "---- {} (pid {}) {name} ----\n{}\n",
+                        self.program,
+                        self.pid(),
+                        capture.text(which)
+                    );
+                }
+            }
+        }
         if self.kill_on_drop {
             let _ = self.child.kill(); // its process group too, even when it exited by itself
         }
@@ -328,23 +481,71 @@ impl Drop for Launched {
     }
 }
 
+fn describe_address(s: &LaunchedSocket) -> String {
+    s.address
+        .as_ref()
+        .map_or_else(|| "without an address".to_owned(), |a| format!("on {a}"))
+}
+
+fn names(sockets: &[LaunchedSocket]) -> String {
+    let names: Vec<&str> = sockets.iter().filter_map(|s| s.name.as_deref()).collect();
+    if names.is_empty() {
+        String::new()
+    } else {
+        format!(", named {}", names.join(", "))
+    }
+}
+
+/// How a daemon is waited for until it is ready.
+#[derive(Debug)]
+pub(crate) struct Readiness {
+    pub(crate) wait: Wait,
+    pub(crate) timeout: Duration,
+    /// Stop signals that end the wait ([`Launch::stop_on`](crate::Launch::stop_on)).
+    pub(crate) signals: Option<Arc<Signals>>,
+    /// Our copies of the listening sockets, kept until the daemon is ready.
+    pub(crate) listeners: Vec<OwnedFd>,
+}
+
+/// How much of the daemon's stderr an error shows.
+const TAIL: usize = 2048;
+
 /// Wait until `daemon` sends `READY=1` on `notify` within `timeout`; on failure the daemon is
 /// killed and reaped, and the error says why (its exit with status and stderr tail, the
 /// timeout, or a stop signal).
 pub(crate) fn wait_ready(
     daemon: &mut Launched,
-    notify: &NotifySocket,
+    wait: &Wait,
     timeout: Duration,
     signals: Option<&Signals>,
+    notify: Option<&NotifySocket>,
+    listeners: &[RawFd],
 ) -> Result<(), Error> {
     let deadline = Instant::now() + timeout;
-    let outcome = wait_for_ready(signals, notify, daemon.child_mut(), deadline);
+    let Launched {
+        child,
+        capture,
+        sockets,
+        ..
+    } = daemon;
+    let probes = Probes {
+        notify,
+        capture: capture.as_ref(),
+        sockets,
+        listeners,
+    };
+    let outcome = wait_for_ready(signals, wait, probes, child, deadline);
     let Err(why) = outcome else { return Ok(()) };
     let _ = daemon.kill();
     let program = daemon.program().to_owned();
     Err(match why {
-        NotReady::Exited(status) => daemon.exited(status, "before it was ready (READY=1)"),
-        NotReady::Timeout => Error::ReadyTimeout { program, timeout },
+        NotReady::Exited(status) => daemon.exited(status, "before it was ready"),
+        NotReady::Timeout => Error::ReadyTimeout {
+            program,
+            what: wait.describe(),
+            timeout,
+            stderr: daemon.stderr_tail(),
+        },
         NotReady::Interrupted(signal) => Error::Interrupted { program, signal },
         NotReady::Failed(e) => e,
     })
@@ -364,7 +565,7 @@ pub(crate) fn inet_addr(sockets: &[LaunchedSocket], index: usize) -> SocketAddr 
 /// The last lines of a regular file (the daemon's stderr, when it goes to a file): at most
 /// 2 KiB, lossy UTF-8, trimmed to whole lines.
 pub(crate) fn tail(file: &File) -> Option<String> {
-    const MAX: u64 = 2048;
+    const MAX: u64 = TAIL as u64;
     let mut file = file;
     let len = file.metadata().ok()?.len();
     let start = len.saturating_sub(MAX);

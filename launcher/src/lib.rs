@@ -22,7 +22,8 @@
 //! 1. [`sockets`]: what to listen on ([`SocketSpec`], the `-l` syntax) and the one builder of
 //!    socket sets every mode shares (names, backlog, Unix socket modes, created files);
 //! 2. `process`: the bare child: spawn (fds into place, `LISTEN_PID`, `execve`), pidfd,
-//!    process group, signals, wait with a deadline, stop with a grace period;
+//!    process group, signals, wait with a deadline, stop with a grace period; `capture`:
+//!    its stdout and stderr drained into bounded buffers;
 //! 3. [`supervisor`]: the one event loop (signals, pidfds, the notify socket, listeners, one
 //!    deadline) and the policies that need only a process: readiness, foreground;
 //! 4. `launch` and `launched`: the [`Launch`] builder and the [`Launched`] handle a test
@@ -37,6 +38,7 @@
 compile_error!("sd-launch is Linux-only: it is built on pidfds, signalfd and clone");
 
 pub mod accept;
+mod capture;
 mod error;
 mod launch;
 mod launched;
@@ -46,6 +48,7 @@ pub mod sockets;
 pub mod supervisor;
 
 pub use error::Error;
-pub use launch::{Held, Launch, Stdio};
+pub use launch::{Held, Launch, Stdio, cargo_bin};
 pub use launched::Launched;
 pub use sockets::{Address, LaunchedSocket, SocketKind, SocketSpec, Transport};
+pub use supervisor::Wait;

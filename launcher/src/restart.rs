@@ -20,6 +20,7 @@ use crate::error::Error;
 use crate::launch::{Launch, Prepared};
 use crate::launched::Launched;
 use crate::sockets::LaunchedSocket;
+use crate::supervisor::Wait;
 use crate::supervisor::ready::ready_message;
 use crate::supervisor::{Event, FORWARDED, Key, Policy, STOPPING, Signals, Watch, run};
 
@@ -84,9 +85,9 @@ impl Launch {
     /// assert_eq!(service.sockets().len(), 1);
     /// # Ok::<(), sd_launch::Error>(())
     /// ```
-    pub fn service(self) -> Result<Service, Error> {
+    pub fn service(&self) -> Result<Service, Error> {
         Ok(Service {
-            prepared: self.prepare()?,
+            prepared: self.clone().prepare()?,
             current: None,
             started_at: Instant::now(),
             starting: None,
@@ -332,11 +333,25 @@ impl Supervise<'_> {
     /// `READY=1` arrives (then the old one, if any, drains).
     fn begin_start(&mut self) {
         match self.service.spawn_unready(None) {
-            Ok(new) if self.service.prepared.ready.is_none() => self.promote(new),
-            Ok(new) => {
-                let timeout = self.service.prepared.ready.expect("checked");
-                self.service.starting = Some((new, Instant::now() + timeout));
-            }
+            Ok(new) => match &self.service.prepared.ready {
+                None => self.promote(new),
+                Some((Wait::Notify, timeout)) => {
+                    self.service.starting = Some((new, Instant::now() + *timeout));
+                }
+                Some(_) => {
+                    // The other strategies wait in a loop of their own, with the signals.
+                    let mut new = new;
+                    match self.service.prepared.wait_ready(&mut new) {
+                        Ok(()) => self.promote(new),
+                        Err(e) => {
+                            tracing::error!("restart failed, keeping the old daemon: {e}");
+                            if self.service.current.is_none() {
+                                self.schedule_restart();
+                            }
+                        }
+                    }
+                }
+            },
             Err(e) => {
                 tracing::error!("starting a new daemon failed: {e}");
                 if self.service.current.is_none() {
@@ -507,7 +522,13 @@ impl Policy for Supervise<'_> {
                 {
                     let (mut new, _) = self.service.starting.take().expect("checked");
                     let _ = new.kill();
-                    let timeout = self.service.prepared.ready.unwrap_or_default();
+                    let timeout = self
+                        .service
+                        .prepared
+                        .ready
+                        .as_ref()
+                        .map(|(_, t)| *t)
+                        .unwrap_or_default();
                     tracing::error!(
                         "restart failed, keeping the old daemon: {} did not send READY=1 within {timeout:?}",
                         new.program()

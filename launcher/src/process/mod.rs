@@ -53,6 +53,11 @@ impl Child {
         self.pidfd.as_ref().map(AsRawFd::as_raw_fd)
     }
 
+    /// Whether the child has been reaped.
+    pub(crate) fn is_reaped(&self) -> bool {
+        self.status.is_some()
+    }
+
     /// Send `signal` to the child itself.
     pub(crate) fn signal(&self, signal: i32) -> io::Result<()> {
         let Some(fd) = &self.pidfd else {

@@ -12,6 +12,7 @@
 //!   file at the path is still the very socket it created (see [`bind`](self)'s decisions).
 
 use std::os::fd::{OwnedFd, RawFd};
+use std::sync::Arc;
 
 use crate::error::Error;
 
@@ -43,11 +44,104 @@ pub struct LaunchedSocket {
     pub address: Option<Address>,
 }
 
-#[derive(Debug)]
+impl LaunchedSocket {
+    /// The IP address and port, for a TCP or UDP socket.
+    ///
+    /// ```
+    /// let server = sd_launch::Launch::new("sleep").arg("5").spawn()?;
+    /// assert!(server.sockets()[0].inet().unwrap().ip().is_loopback());
+    /// # Ok::<(), sd_launch::Error>(())
+    /// ```
+    pub fn inet(&self) -> Option<std::net::SocketAddr> {
+        match &self.address {
+            Some(Address::Inet(a)) => Some(*a),
+            _ => None,
+        }
+    }
+
+    /// The path, for a Unix socket file.
+    ///
+    /// ```
+    /// let dir = tempfile::tempdir()?;
+    /// let path = dir.path().join("api.sock");
+    /// let server = sd_launch::Launch::new("sleep").arg("5").listen_on(path.to_str().unwrap()).spawn()?;
+    /// assert_eq!(server.sockets()[0].path(), Some(path.as_path()));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn path(&self) -> Option<&std::path::Path> {
+        match &self.address {
+            Some(Address::Unix(p)) => Some(p),
+            _ => None,
+        }
+    }
+
+    /// A base URL for HTTP over a TCP socket: `http://127.0.0.1:PORT/` (`[::1]` for IPv6;
+    /// a wildcard address is reached on loopback).
+    ///
+    /// ```
+    /// let server = sd_launch::Launch::new("sleep").arg("5").spawn()?;
+    /// assert!(server.sockets()[0].url().unwrap().starts_with("http://127.0.0.1:"));
+    /// # Ok::<(), sd_launch::Error>(())
+    /// ```
+    pub fn url(&self) -> Option<String> {
+        if self.kind != SocketKind::Tcp {
+            return None;
+        }
+        let mut addr = self.inet()?;
+        if addr.ip().is_unspecified() {
+            addr.set_ip(match addr {
+                std::net::SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+                std::net::SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+            });
+        }
+        Some(format!("http://{addr}/"))
+    }
+}
+
+/// How a test names one of a daemon's sockets: by index (0 is fd 3) or by its
+/// `LISTEN_FDNAMES` name.
+///
+/// ```
+/// use sd_launch::sockets::SocketRef;
+/// assert_eq!(0usize.describe(), "socket 0");
+/// assert_eq!("http".describe(), "socket \"http\"");
+/// ```
+pub trait SocketRef {
+    /// The socket among `sockets`, if there is one.
+    fn find<'a>(&self, sockets: &'a [LaunchedSocket]) -> Option<&'a LaunchedSocket>;
+    /// How it reads in a message.
+    fn describe(&self) -> String;
+}
+
+impl SocketRef for usize {
+    fn find<'a>(&self, sockets: &'a [LaunchedSocket]) -> Option<&'a LaunchedSocket> {
+        sockets.get(*self)
+    }
+
+    fn describe(&self) -> String {
+        format!("socket {self}")
+    }
+}
+
+impl SocketRef for &str {
+    fn find<'a>(&self, sockets: &'a [LaunchedSocket]) -> Option<&'a LaunchedSocket> {
+        sockets.iter().find(|s| s.name.as_deref() == Some(*self))
+    }
+
+    fn describe(&self) -> String {
+        format!("socket {self:?}")
+    }
+}
+
+#[derive(Debug, Clone)]
 enum Pending {
     Spec(SocketSpec),
     Parse(String),
-    Fd { fd: OwnedFd, name: Option<String> },
+    /// Shared by the clones of a set: each bind passes a copy.
+    Fd {
+        fd: Arc<OwnedFd>,
+        name: Option<String>,
+    },
 }
 
 /// The sockets of one daemon (or of one acceptor), in fd order: specs to bind and fds the
@@ -61,7 +155,7 @@ enum Pending {
 /// assert_eq!(bound.sockets().len(), 2);
 /// # Ok::<(), sd_launch::Error>(())
 /// ```
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct SocketSet {
     pending: Vec<Pending>,
     backlog: i32,
@@ -133,7 +227,10 @@ impl SocketSet {
     /// # Ok::<(), std::io::Error>(())
     /// ```
     pub fn fd(&mut self, fd: OwnedFd, name: Option<String>) -> &mut SocketSet {
-        self.pending.push(Pending::Fd { fd, name });
+        self.pending.push(Pending::Fd {
+            fd: Arc::new(fd),
+            name,
+        });
         self
     }
 
@@ -213,7 +310,13 @@ impl SocketSet {
         for (i, p) in pending.into_iter().enumerate() {
             let fd = 3 + i as RawFd;
             let (owned, socket) = match p {
-                Pending::Fd { fd: owned, name } => {
+                Pending::Fd { fd: shared, name } => {
+                    let owned = Arc::try_unwrap(shared)
+                        .or_else(|shared| shared.try_clone())
+                        .map_err(|source| Error::Os {
+                            context: "duplicate a passed fd",
+                            source,
+                        })?;
                     let (kind, address) = describe_fd(&owned);
                     let socket = LaunchedSocket {
                         fd,

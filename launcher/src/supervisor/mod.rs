@@ -21,6 +21,7 @@ use crate::error::Error;
 pub(crate) mod foreground;
 pub(crate) mod notify;
 pub(crate) mod ready;
+pub use ready::Wait;
 mod signals;
 
 pub(crate) use signals::STOPPING;
@@ -37,6 +38,8 @@ pub(crate) enum Key {
     Listener(usize),
     /// The stop channel of an acceptor.
     Stop,
+    /// A readiness probe's connection.
+    Probe,
 }
 
 /// One thing that happened.
@@ -61,6 +64,12 @@ impl Watch {
     /// Wake the loop when `fd` is readable, with `key`.
     pub(crate) fn add(&mut self, key: Key, fd: RawFd) {
         self.push(Some(key), fd);
+    }
+
+    /// Wake the loop when `fd` is writable, with `key` (reported as readable).
+    pub(crate) fn add_writable(&mut self, key: Key, fd: RawFd) {
+        self.push(Some(key), fd);
+        self.fds.last_mut().expect("just pushed").events = libc::POLLOUT;
     }
 
     fn push(&mut self, key: Option<Key>, fd: RawFd) {

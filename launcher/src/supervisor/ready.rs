@@ -1,12 +1,144 @@
-//! The readiness policy: wait until the daemon's process tree sends `READY=1`.
+//! The readiness policy: wait until the daemon is ready by one of the [`Wait`] strategies,
+//! fail fast when it exits first, and let a stop signal end the wait at once.
+//!
+//! Most daemons need no wait at all: connections queue in the backlog of the passed socket
+//! until the daemon accepts them. Wait when "accepting" is not "ready" (a daemon that loads
+//! data before it answers), or when a test wants a failed start as an error instead of a
+//! hanging request.
 
+use std::io::{self, Read, Write};
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, RawFd};
 use std::process::ExitStatus;
-use std::time::Instant;
+use std::time::{Duration, Instant};
+
+use socket2::{Domain, SockAddr, Socket, Type};
 
 use super::notify::{NotifySocket, is_in_tree, is_ready};
 use super::{Event, Key, Policy, STOPPING, Signals, Watch, run};
+use crate::capture::{Capture, Which};
 use crate::error::Error;
 use crate::process::Child;
+use crate::sockets::{Address, LaunchedSocket, SocketKind};
+
+/// How to tell that a daemon is ready ([`Launch::wait_until`](crate::Launch::wait_until),
+/// `sd-launch --ready-when`).
+///
+/// ```
+/// use sd_launch::Wait;
+/// let _ = [Wait::notify(), Wait::accepted(0), Wait::http("/healthz"), Wait::log("listening on")?];
+/// # Ok::<(), sd_launch::Error>(())
+/// ```
+#[derive(Debug, Clone)]
+pub enum Wait {
+    /// `sd_notify(READY=1)` from the daemon or a descendant, on a private `NOTIFY_SOCKET`.
+    Notify,
+    /// The daemon has accepted a connection on TCP socket `.0` (0 is fd 3): the launcher
+    /// queues a probe connection on the socket it holds and watches the accept queue drain.
+    /// No port is polled; the kernel has no event for an accept, so the queue length is
+    /// sampled, first every 0.2 ms, then less often.
+    Accepted(usize),
+    /// `GET path` over socket `socket` (TCP or Unix stream) answers 2xx. The request waits in
+    /// the backlog until the daemon accepts it; another answer is retried after a pause.
+    Http {
+        /// Which socket (0 is fd 3).
+        socket: usize,
+        /// The path, e.g. `/healthz`.
+        path: String,
+    },
+    /// A line of the daemon's captured stdout or stderr matches this regular expression
+    /// (the streams must be captured, the default).
+    Log(regex_lite::Regex),
+}
+
+impl Wait {
+    /// [`Wait::Notify`].
+    ///
+    /// ```
+    /// assert!(matches!(sd_launch::Wait::notify(), sd_launch::Wait::Notify));
+    /// ```
+    pub fn notify() -> Wait {
+        Wait::Notify
+    }
+
+    /// [`Wait::Accepted`] on socket `socket`.
+    ///
+    /// ```
+    /// assert!(matches!(sd_launch::Wait::accepted(0), sd_launch::Wait::Accepted(0)));
+    /// ```
+    pub fn accepted(socket: usize) -> Wait {
+        Wait::Accepted(socket)
+    }
+
+    /// [`Wait::Http`] on the first socket.
+    ///
+    /// ```
+    /// assert!(matches!(sd_launch::Wait::http("/"), sd_launch::Wait::Http { socket: 0, .. }));
+    /// ```
+    pub fn http(path: impl Into<String>) -> Wait {
+        Wait::Http {
+            socket: 0,
+            path: path.into(),
+        }
+    }
+
+    /// [`Wait::Log`]; a malformed pattern is an [`Error::Conflict`]-like usage error.
+    ///
+    /// ```
+    /// assert!(sd_launch::Wait::log("listening on .*:[0-9]+").is_ok());
+    /// assert_eq!(sd_launch::Wait::log("(").unwrap_err().exit_code(), 2);
+    /// ```
+    pub fn log(pattern: &str) -> Result<Wait, Error> {
+        regex_lite::Regex::new(pattern)
+            .map(Wait::Log)
+            .map_err(|e| Error::Pattern {
+                pattern: pattern.to_owned(),
+                reason: e.to_string(),
+            })
+    }
+
+    /// How the wait reads in a message.
+    pub(crate) fn describe(&self) -> String {
+        match self {
+            Wait::Notify => "send READY=1".into(),
+            Wait::Accepted(i) => format!("accept a connection on socket {i}"),
+            Wait::Http { socket, path } => format!("answer GET {path} with 2xx on socket {socket}"),
+            Wait::Log(re) => format!("write a line matching {:?}", re.as_str()),
+        }
+    }
+}
+
+impl std::str::FromStr for Wait {
+    type Err = Error;
+
+    /// `notify`, `accepted[:N]`, `http:PATH` or `http:N:PATH`, `log:REGEX` (the syntax of
+    /// `sd-launch --ready-when`).
+    fn from_str(s: &str) -> Result<Wait, Error> {
+        let bad = |reason: &str| Error::Pattern {
+            pattern: s.to_owned(),
+            reason: reason.to_owned(),
+        };
+        let (kind, rest) = s.split_once(':').unwrap_or((s, ""));
+        let index = |v: &str| v.parse::<usize>().map_err(|_| bad("not a socket index"));
+        match kind {
+            "notify" if rest.is_empty() => Ok(Wait::Notify),
+            "accepted" if rest.is_empty() => Ok(Wait::Accepted(0)),
+            "accepted" => index(rest).map(Wait::Accepted),
+            "http" if rest.starts_with('/') => Ok(Wait::http(rest)),
+            "http" => match rest.split_once(':') {
+                Some((i, path)) if path.starts_with('/') => Ok(Wait::Http {
+                    socket: index(i)?,
+                    path: path.to_owned(),
+                }),
+                _ => Err(bad("expected http:/PATH or http:N:/PATH")),
+            },
+            "log" if !rest.is_empty() => Wait::log(rest),
+            _ => Err(bad(
+                "expected notify, accepted[:N], http:/PATH, http:N:/PATH or log:REGEX",
+            )),
+        }
+    }
+}
 
 /// Why a daemon did not become ready.
 #[derive(Debug)]
@@ -17,21 +149,32 @@ pub(crate) enum NotReady {
     Timeout,
     /// A stop signal (SIGTERM, SIGINT, SIGQUIT) came while we waited.
     Interrupted(i32),
-    /// The wait itself failed.
+    /// The wait itself failed (or cannot work for this daemon).
     Failed(Error),
 }
 
-/// Wait until `child` or one of its descendants sends `READY=1` on `notify`, `child` exits,
-/// `deadline` passes or (with `signals`) a stop signal arrives; other forwarded signals go to
-/// the child meanwhile. Messages from other processes are ignored.
+/// What the strategies look at.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Probes<'a> {
+    pub(crate) notify: Option<&'a NotifySocket>,
+    pub(crate) capture: Option<&'a Capture>,
+    pub(crate) sockets: &'a [LaunchedSocket],
+    /// Our copies of the listening sockets, in fd order (for [`Wait::Accepted`]).
+    pub(crate) listeners: &'a [RawFd],
+}
+
+/// Wait until `child` is ready by `wait`, it exits, `deadline` passes or (with `signals`) a
+/// stop signal arrives; other forwarded signals go to the child meanwhile.
 pub(crate) fn wait_ready(
     signals: Option<&Signals>,
-    notify: &NotifySocket,
+    wait: &Wait,
+    probes: Probes<'_>,
     child: &mut Child,
     deadline: Instant,
 ) -> Result<(), NotReady> {
+    let strategy = Strategy::new(wait, probes).map_err(NotReady::Failed)?;
     let mut policy = WaitReady {
-        notify,
+        strategy,
         child,
         deadline,
     };
@@ -41,55 +184,355 @@ pub(crate) fn wait_ready(
     }
 }
 
+/// A strategy with its state.
+enum Strategy<'a> {
+    Notify(&'a NotifySocket),
+    Log {
+        capture: &'a Capture,
+        re: &'a regex_lite::Regex,
+        /// Bytes of each stream already looked at.
+        seen: [u64; 2],
+    },
+    Http {
+        target: SockAddr,
+        request: Vec<u8>,
+        probe: Option<(Socket, Vec<u8>, usize)>,
+        retry_at: Option<Instant>,
+        pause: Duration,
+    },
+    Accepted {
+        listener: RawFd,
+        _probe: Socket,
+        sample_at: Instant,
+        pause: Duration,
+    },
+}
+
+/// The first pause between samples or retries, and the longest.
+const FIRST_PAUSE: Duration = Duration::from_micros(200);
+const MAX_PAUSE: Duration = Duration::from_millis(50);
+
+impl<'a> Strategy<'a> {
+    fn new(wait: &'a Wait, probes: Probes<'a>) -> Result<Strategy<'a>, Error> {
+        let socket = |i: usize| {
+            probes.sockets.get(i).ok_or_else(|| Error::NoSuchSocket {
+                which: format!("socket {i}"),
+                wanted: "readiness probe",
+                found: format!("the daemon has {} socket(s)", probes.sockets.len()),
+            })
+        };
+        Ok(match wait {
+            Wait::Notify => Strategy::Notify(probes.notify.ok_or(Error::Conflict(
+                "waiting for READY=1 needs the notification socket",
+            ))?),
+            Wait::Log(re) => {
+                let capture = probes.capture.ok_or(Error::Conflict(
+                    "waiting for a log line needs the daemon's output captured \
+                     (Stdio::capture, the default; not a file or inherited)",
+                ))?;
+                Strategy::Log {
+                    capture,
+                    re,
+                    seen: [0, 0],
+                }
+            }
+            Wait::Http { socket: i, path } => {
+                let s = socket(*i)?;
+                let (target, host) = match (&s.address, s.kind) {
+                    (Some(Address::Inet(a)), SocketKind::Tcp) => {
+                        (SockAddr::from(loopback(*a)), a.to_string())
+                    }
+                    (Some(Address::Unix(p)), SocketKind::UnixStream) => (
+                        SockAddr::unix(p).map_err(|source| Error::Os {
+                            context: "address the Unix socket for the HTTP probe",
+                            source,
+                        })?,
+                        "localhost".to_owned(),
+                    ),
+                    _ => {
+                        return Err(Error::Conflict(
+                            "an HTTP readiness probe needs a TCP or Unix stream socket",
+                        ));
+                    }
+                };
+                let request = format!(
+                    "GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: sd-launch\r\nConnection: close\r\n\r\n"
+                )
+                .into_bytes();
+                Strategy::Http {
+                    target,
+                    request,
+                    probe: None,
+                    retry_at: Some(Instant::now()),
+                    pause: FIRST_PAUSE * 50,
+                }
+            }
+            Wait::Accepted(i) => {
+                let s = socket(*i)?;
+                let (Some(Address::Inet(a)), SocketKind::Tcp) = (&s.address, s.kind) else {
+                    return Err(Error::Conflict(
+                        "the accepted-connection probe needs a TCP socket: use http or log \
+                         for other sockets",
+                    ));
+                };
+                let listener = *probes.listeners.get(*i).ok_or(Error::Conflict(
+                    "the accepted-connection probe needs the launcher's copy of the socket",
+                ))?;
+                let probe = connect(&SockAddr::from(loopback(*a))).map_err(|source| Error::Os {
+                    context: "queue the probe connection",
+                    source,
+                })?;
+                Strategy::Accepted {
+                    listener,
+                    _probe: probe,
+                    sample_at: Instant::now(),
+                    pause: FIRST_PAUSE,
+                }
+            }
+        })
+    }
+}
+
+/// A wildcard address is reached on loopback.
+fn loopback(mut a: SocketAddr) -> SocketAddr {
+    if a.ip().is_unspecified() {
+        a.set_ip(match a {
+            SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+            SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+        });
+    }
+    a
+}
+
+/// A non-blocking connection to `target` (queued in the backlog of our own socket).
+fn connect(target: &SockAddr) -> io::Result<Socket> {
+    let domain = if target.is_unix() {
+        Domain::UNIX
+    } else {
+        target.domain()
+    };
+    let socket = Socket::new(domain, Type::STREAM, None)?;
+    socket.set_nonblocking(true)?;
+    match socket.connect(target) {
+        Ok(()) => Ok(socket),
+        Err(e)
+            if e.raw_os_error() == Some(libc::EINPROGRESS)
+                || e.kind() == io::ErrorKind::WouldBlock =>
+        {
+            Ok(socket)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Connections waiting in the accept queue of a TCP listener (`TCP_INFO`'s `tcpi_unacked`
+/// is the queue length for a listening socket).
+fn accept_queue(listener: RawFd) -> io::Result<u32> {
+    // SAFETY: tcp_info is plain data that getsockopt fills in.
+    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into our struct.
+    let r = unsafe {
+        libc::getsockopt(
+            listener,
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            (&raw mut info).cast(),
+            &mut len,
+        )
+    };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(info.tcpi_unacked)
+}
+
 struct WaitReady<'a> {
-    notify: &'a NotifySocket,
+    strategy: Strategy<'a>,
     child: &'a mut Child,
     deadline: Instant,
+}
+
+impl WaitReady<'_> {
+    /// Look at the strategy's source; `true` when the daemon is ready.
+    fn check(&mut self, readable: bool) -> Result<bool, Error> {
+        let os = |context| move |source| Error::Os { context, source };
+        let root = self.child.pid();
+        match &mut self.strategy {
+            Strategy::Notify(notify) => {
+                Ok(readable && ready_message(notify, root).map_err(os("read notifications"))?)
+            }
+            Strategy::Log { capture, re, seen } => {
+                capture.clear_wake();
+                let mut found = false;
+                for which in [Which::Stdout, Which::Stderr] {
+                    let total = capture.total(which);
+                    let i = which as usize;
+                    if total == seen[i] {
+                        continue;
+                    }
+                    let text = capture.text(which);
+                    // Only the lines written since the last look, whole lines only.
+                    let new = (total - seen[i]).min(text.len() as u64) as usize;
+                    let start = text.len() - new;
+                    let from = text[..start].rfind('\n').map_or(0, |n| n + 1);
+                    let upto = text.rfind('\n').map_or(from, |n| n + 1).max(from);
+                    found |= text[from..upto].lines().any(|line| re.is_match(line));
+                    seen[i] = total - (text.len() - upto) as u64;
+                }
+                Ok(found)
+            }
+            Strategy::Http {
+                target,
+                request,
+                probe,
+                retry_at,
+                pause,
+            } => {
+                if let Some((socket, reply, sent)) = probe {
+                    let (done, ok) = exchange(socket, request, reply, sent);
+                    if !done {
+                        return Ok(false);
+                    }
+                    if ok {
+                        return Ok(true);
+                    }
+                    *probe = None;
+                    *retry_at = Some(Instant::now() + *pause);
+                    *pause = (*pause * 2).min(MAX_PAUSE * 10);
+                    return Ok(false);
+                }
+                if retry_at.is_some_and(|t| Instant::now() >= t) {
+                    *retry_at = None;
+                    let socket = connect(target).map_err(os("connect the HTTP probe"))?;
+                    *probe = Some((socket, Vec::new(), 0));
+                }
+                Ok(false)
+            }
+            Strategy::Accepted {
+                listener,
+                sample_at,
+                pause,
+                ..
+            } => {
+                if Instant::now() < *sample_at {
+                    return Ok(false);
+                }
+                if accept_queue(*listener).map_err(os("read the accept queue"))? == 0 {
+                    return Ok(true);
+                }
+                *sample_at = Instant::now() + *pause;
+                *pause = (*pause * 2).min(MAX_PAUSE);
+                Ok(false)
+            }
+        }
+    }
+}
+
+/// One step of the HTTP probe's exchange: send what is left of the request, read what has
+/// come. Returns (done, answered 2xx).
+fn exchange(
+    socket: &mut Socket,
+    request: &[u8],
+    reply: &mut Vec<u8>,
+    sent: &mut usize,
+) -> (bool, bool) {
+    while *sent < request.len() {
+        match socket.write(&request[*sent..]) {
+            Ok(n) => *sent += n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return (false, false),
+            Err(_) => return (true, false),
+        }
+    }
+    let mut buf = [0u8; 1024];
+    loop {
+        match socket.read(&mut buf) {
+            Ok(0) => return (true, status_is_2xx(reply)),
+            Ok(n) => {
+                reply.extend_from_slice(&buf[..n]);
+                if reply.windows(2).any(|w| w == b"\r\n") {
+                    return (true, status_is_2xx(reply));
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return (false, false),
+            Err(_) => return (true, false),
+        }
+    }
+}
+
+/// Whether an HTTP status line says 2xx.
+fn status_is_2xx(reply: &[u8]) -> bool {
+    let line = reply.split(|&b| b == b'\r').next().unwrap_or_default();
+    let mut parts = line.split(|&b| b == b' ');
+    matches!(parts.next(), Some(v) if v.starts_with(b"HTTP/"))
+        && matches!(parts.next(), Some([b'2', _, _]))
 }
 
 impl Policy for WaitReady<'_> {
     type Output = Result<(), NotReady>;
 
     fn watch(&self, watch: &mut Watch) {
-        watch.add(Key::Notify, self.notify.raw_fd());
+        match &self.strategy {
+            Strategy::Notify(notify) => watch.add(Key::Notify, notify.raw_fd()),
+            Strategy::Log { capture, .. } => watch.add(Key::Notify, capture.wake_fd()),
+            Strategy::Http {
+                probe: Some((socket, _, sent)),
+                request,
+                ..
+            } => {
+                if *sent < request.len() {
+                    watch.add_writable(Key::Probe, socket.as_raw_fd());
+                } else {
+                    watch.add(Key::Probe, socket.as_raw_fd());
+                }
+            }
+            _ => {}
+        }
         if let Some(fd) = self.child.pidfd() {
             watch.add(Key::Child(self.child.pid()), fd);
         }
     }
 
     fn deadline(&self) -> Option<Instant> {
-        Some(self.deadline)
+        let sample = match &self.strategy {
+            Strategy::Http { retry_at, .. } => *retry_at,
+            Strategy::Accepted { sample_at, .. } => Some(*sample_at),
+            _ => None,
+        };
+        Some(sample.map_or(self.deadline, |t| t.min(self.deadline)))
     }
 
     fn handle(&mut self, event: Event) -> Result<Option<Self::Output>, Error> {
         let os = |context| move |source| Error::Os { context, source };
-        Ok(match event {
-            Event::Readable(Key::Notify) => {
-                if ready_message(self.notify, self.child.pid()).map_err(os("read notifications"))? {
-                    Some(Ok(()))
-                } else {
-                    None
-                }
-            }
-            Event::Readable(_) => self
+        let check = |this: &mut Self, readable| match this.check(readable) {
+            Ok(true) => Ok(Some(Ok(()))),
+            Ok(false) => Ok(None),
+            Err(e) => Ok(Some(Err(NotReady::Failed(e)))),
+        };
+        match event {
+            Event::Readable(Key::Child(_)) => Ok(self
                 .child
                 .try_wait()
                 .map_err(os("wait for the daemon"))?
-                .map(|status| Err(NotReady::Exited(status))),
-            Event::Signal(sig) if STOPPING.contains(&sig) => Some(Err(NotReady::Interrupted(sig))),
+                .map(|status| Err(NotReady::Exited(status)))),
+            Event::Readable(_) => check(self, true),
+            Event::Signal(sig) if STOPPING.contains(&sig) => {
+                Ok(Some(Err(NotReady::Interrupted(sig))))
+            }
             Event::Signal(sig) => {
                 if super::FORWARDED.contains(&sig) {
                     self.child.forward(sig).map_err(os("forward a signal"))?;
                 }
-                None
+                Ok(None)
             }
-            Event::Deadline => Some(Err(NotReady::Timeout)),
-        })
+            Event::Deadline if Instant::now() >= self.deadline => Ok(Some(Err(NotReady::Timeout))),
+            Event::Deadline => check(self, false),
+        }
     }
 }
 
 /// Read every pending notification; `true` when one from `root`'s tree says `READY=1`.
-pub(crate) fn ready_message(notify: &NotifySocket, root: u32) -> std::io::Result<bool> {
+pub(crate) fn ready_message(notify: &NotifySocket, root: u32) -> io::Result<bool> {
     let mut ready = false;
     while let Some((pid, text)) = notify.receive()? {
         let ours = is_in_tree(pid, root as libc::pid_t);
@@ -104,4 +547,43 @@ pub(crate) fn ready_message(notify: &NotifySocket, root: u32) -> std::io::Result
         ready |= ours && is_ready(&text);
     }
     Ok(ready)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_ready_when_syntax() {
+        assert!(matches!("notify".parse(), Ok(Wait::Notify)));
+        assert!(matches!("accepted".parse(), Ok(Wait::Accepted(0))));
+        assert!(matches!("accepted:2".parse(), Ok(Wait::Accepted(2))));
+        assert!(
+            matches!("http:/healthz".parse(), Ok(Wait::Http { socket: 0, path }) if path == "/healthz")
+        );
+        assert!(matches!("http:1:/x".parse(), Ok(Wait::Http { socket: 1, path }) if path == "/x"));
+        assert!(matches!("log:listening on".parse(), Ok(Wait::Log(_))));
+        for bad in [
+            "",
+            "ready",
+            "http:healthz",
+            "accepted:x",
+            "log:",
+            "log:(",
+            "notify:1",
+        ] {
+            let err = bad.parse::<Wait>().unwrap_err();
+            assert_eq!(err.exit_code(), 2, "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn only_a_2xx_status_line_counts() {
+        assert!(status_is_2xx(b"HTTP/1.1 200 OK\r\n"));
+        assert!(status_is_2xx(b"HTTP/1.0 204 No Content\r\n"));
+        assert!(!status_is_2xx(b"HTTP/1.1 503 Service Unavailable\r\n"));
+        assert!(!status_is_2xx(b"HTTP/1.1 20 x\r\n"));
+        assert!(!status_is_2xx(b"SSH-2.0-OpenSSH\r\n"));
+        assert!(!status_is_2xx(b""));
+    }
 }

@@ -11,7 +11,7 @@ use clap::Parser;
 use sd_launch::accept::{self, Pass};
 use sd_launch::restart::Restart;
 use sd_launch::sockets::split_fd_names;
-use sd_launch::{Error, Launch, SocketSpec, Stdio, Transport};
+use sd_launch::{Error, Launch, SocketSpec, Stdio, Transport, Wait};
 
 use crate::output::Format;
 
@@ -133,6 +133,14 @@ pub(crate) struct Args {
     )]
     pub(crate) ready: Option<Duration>,
 
+    /// How --ready tells that the daemon is ready (implies --ready): notify (READY=1, the
+    /// default), accepted[:N] (it accepted a connection on TCP socket N; the launcher queues
+    /// a probe on the socket it holds: no port polling), http:/PATH or http:N:/PATH (GET
+    /// answers 2xx), log:REGEX (a line of its stdout or stderr matches; the output is
+    /// captured and copied to ours, or to --outfile/--stdout/--stderr).
+    #[arg(long, value_name = "WAIT", value_parser = parse_wait)]
+    pub(crate) ready_when: Option<Wait>,
+
     /// Keep the sockets open and restart the daemon on SIGHUP: the new one starts (and,
     /// with --ready, is ready) before the old one gets SIGTERM, so no connection is refused.
     /// on-exit also restarts a daemon that exits by itself, with a backoff (100 ms to 10 s).
@@ -162,7 +170,7 @@ pub(crate) struct Args {
     #[arg(
         short = 'a',
         long,
-        conflicts_with_all = ["restart", "ready", "datagram"]
+        conflicts_with_all = ["restart", "ready", "ready_when", "datagram"]
     )]
     pub(crate) accept: bool,
 
@@ -229,6 +237,15 @@ fn parse_mode(s: &str) -> Result<u32, String> {
 }
 
 impl Args {
+    /// Whether sd-launch waits until the daemon is ready.
+    pub(crate) fn waits(&self) -> bool {
+        self.ready.is_some() || self.ready_when.is_some()
+    }
+
+    fn ready_timeout(&self) -> Duration {
+        self.ready.unwrap_or(Duration::from_secs(30))
+    }
+
     /// The mode these options ask for.
     pub(crate) fn mode(&self) -> Mode {
         if self.accept {
@@ -295,18 +312,35 @@ impl Args {
         if stays {
             launch = launch.parent_death_signal(libc::SIGKILL);
         }
-        let default = || {
-            if stays {
-                Stdio::inherit()
-            } else {
-                Stdio::null()
-            }
-        };
-        launch = launch.stdin(if self.accept {
-            Stdio::null()
+        let watch_log = matches!(self.ready_when, Some(Wait::Log(_)));
+        if watch_log && !stays {
+            return Err(Error::Conflict(
+                "--ready-when=log:... reads the daemon's output, which sd-launch can only do \
+                 while it runs: add --foreground (or --restart), or wait another way",
+            ));
+        }
+        launch = launch.stdin(if stays && !self.accept {
+            Stdio::inherit()
         } else {
-            default()
+            Stdio::null()
         });
+        let (out, err) = self.output_files()?;
+        // Where each stream goes: a file, else ours in the foreground, else /dev/null;
+        // watched (captured and copied on) for --ready-when=log.
+        let stream = |file: Option<File>, ours: i32| -> Result<Stdio, Error> {
+            Ok(match (file, watch_log) {
+                (Some(f), false) => Stdio::from(f),
+                (Some(f), true) => Stdio::capture_and_copy(f),
+                (None, false) if stays => Stdio::inherit(),
+                (None, false) => Stdio::null(),
+                (None, true) => Stdio::capture_and_copy(dup(ours)?),
+            })
+        };
+        Ok(launch.stdout(stream(out, 1)?).stderr(stream(err, 2)?))
+    }
+
+    /// The files of --outfile, --stdout and --stderr, opened.
+    fn output_files(&self) -> Result<(Option<File>, Option<File>), Error> {
         if let Some(path) = &self.outfile {
             let file = open_out(path, "stdout and stderr")?;
             let copy = file.try_clone().map_err(|source| Error::Stdio {
@@ -314,16 +348,19 @@ impl Args {
                 stream: "stderr",
                 source,
             })?;
-            return Ok(launch.stdout(file).stderr(copy));
+            return Ok((Some(file), Some(copy)));
         }
-        launch = match &self.stdout {
-            Some(p) => launch.stdout(open_out(p, "stdout")?),
-            None => launch.stdout(default()),
-        };
-        Ok(match &self.stderr {
-            Some(p) => launch.stderr(open_out(p, "stderr")?),
-            None => launch.stderr(default()),
-        })
+        let out = self
+            .stdout
+            .as_deref()
+            .map(|p| open_out(p, "stdout"))
+            .transpose()?;
+        let err = self
+            .stderr
+            .as_deref()
+            .map(|p| open_out(p, "stderr"))
+            .transpose()?;
+        Ok((out, err))
     }
 
     /// The launch of one daemon with its sockets (every mode but accept).
@@ -335,8 +372,9 @@ impl Args {
         if let Some(backlog) = self.backlog {
             launch = launch.backlog(backlog);
         }
-        if let Some(timeout) = self.ready {
-            launch = launch.ready(timeout);
+        if self.ready.is_some() || self.ready_when.is_some() {
+            let wait = self.ready_when.clone().unwrap_or(Wait::Notify);
+            launch = launch.wait_until(wait, self.ready_timeout());
         }
         Ok(launch)
     }
@@ -356,6 +394,23 @@ impl Args {
         }
         Ok(options)
     }
+}
+
+/// A copy of our own fd `fd` (1 or 2), for the daemon's watched output.
+fn dup(fd: i32) -> Result<std::os::fd::OwnedFd, Error> {
+    use std::os::fd::BorrowedFd;
+    // SAFETY: fd 1 and 2 are open for the life of the process (std reopens closed ones on
+    // /dev/null at start-up); we borrow them only to duplicate them.
+    let ours = unsafe { BorrowedFd::borrow_raw(fd) };
+    ours.try_clone_to_owned().map_err(|source| Error::Stdio {
+        path: format!("/proc/self/fd/{fd}").into(),
+        stream: if fd == 1 { "stdout" } else { "stderr" },
+        source,
+    })
+}
+
+fn parse_wait(s: &str) -> Result<Wait, String> {
+    s.parse().map_err(|e: Error| e.to_string())
 }
 
 fn parse_format(s: &str) -> Result<Format, String> {

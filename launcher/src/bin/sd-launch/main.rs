@@ -69,7 +69,7 @@ fn foreground(args: &Args) -> Result<i32, Error> {
         .launch()?
         .stop_on(&signals)
         .map_err(os("copy the signal fd"))?;
-    let mut daemon = if args.ready.is_some() {
+    let mut daemon = if args.waits() {
         let mut daemon = launch.spawn()?;
         if let Err(source) = print(args, daemon.pid(), daemon.sockets()) {
             let _ = daemon.kill();
@@ -92,7 +92,7 @@ fn restart(args: &Args, policy: Restart) -> Result<i32, Error> {
         .stop_on(&signals)
         .map_err(os("copy the signal fd"))?;
     let mut service = launch.service()?;
-    if args.ready.is_some() {
+    if args.waits() {
         service.start()?;
         let pid = service.current().map_or(0, |d| d.pid());
         print(args, pid, service.sockets())
