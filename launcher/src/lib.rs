@@ -27,7 +27,7 @@
 //! 3. [`supervisor`]: the one event loop (signals, pidfds, the notify socket, listeners, one
 //!    deadline) and the policies that need only a process: readiness, foreground;
 //! 4. `launch` and `launched`: the [`Launch`] builder and the [`Launched`] handle a test
-//!    holds (drop stops everything it owns);
+//!    holds (drop stops everything it owns); [`Shared`]: one daemon for a whole test binary;
 //! 5. the modes built on handles and the loop: [`restart`] (a [`Service`](restart::Service)
 //!    whose sockets outlive its daemons) and [`accept`] (one daemon per connection).
 //!
@@ -42,6 +42,7 @@ mod capture;
 mod error;
 mod launch;
 mod launched;
+mod shared;
 mod process;
 pub mod restart;
 pub mod sockets;
@@ -50,5 +51,6 @@ pub mod supervisor;
 pub use error::Error;
 pub use launch::{Held, Launch, Stdio, cargo_bin};
 pub use launched::Launched;
+pub use shared::Shared;
 pub use sockets::{Address, LaunchedSocket, SocketKind, SocketSpec, Transport};
 pub use supervisor::Wait;
