@@ -32,7 +32,7 @@ state_is() { [ "$(prop "$1" ActiveState)/$(prop "$1" SubState)" = "$2" ]; }
 # A JSON field of demo-server's /info, good enough for its flat output: "key":value.
 field() { grep -o "\"$2\":[^,}]*" <<<"$1" | head -n1 | cut -d: -f2- | tr -d '"'; }
 
-get() { curl -sS --max-time 10 "$1"; }
+get() { curl -sS --max-time 10 "$1" || fail "GET $1 failed"; }
 
 systemctl daemon-reload
 for unit in demo-server.socket demo-server.service demo-server-accept.socket \

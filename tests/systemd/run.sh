@@ -44,6 +44,7 @@ for tool in systemd-nspawn:systemd-container debootstrap:debootstrap nsenter:uti
         skip_unless_ci "\`${tool%%:*}\` not found; install it with \`apt-get install -y ${tool#*:}\`"
 done
 [ -x "$DEMO" ] || { echo "error: $DEMO missing: cargo build --release -p demo-server" >&2; exit 1; }
+DEMO=$(realpath "$DEMO")
 # Every unit file the repo ships must be in the list above, so none goes untested.
 shipped=$(git ls-files '*.socket' '*.service' 2>/dev/null | sort)
 [ -z "$shipped" ] || [ "$shipped" = "$(printf '%s\n' "${UNITS[@]}" | sort)" ] ||
@@ -83,24 +84,36 @@ if ! mountpoint -q /run/systemd/nspawn 2>/dev/null; then
 fi
 
 machine=sdl-test-$$
-binds=(--bind-ro="$PWD/$DEMO:/usr/local/bin/demo-server"
+binds=(--bind-ro="$DEMO:/usr/local/bin/demo-server"
     --bind-ro="$PWD/tests/systemd/checks.sh:/usr/local/bin/sdl-checks")
 for unit in "${UNITS[@]}"; do
     binds+=(--bind-ro="$PWD/$unit:/etc/systemd/system/$(basename "$unit")")
 done
 
 nspawn_pid=
+init_pid=
+gone() { ! kill -0 "$1" 2>/dev/null; }
+wait_gone() { for _ in $(seq "$2"); do gone "$1" && return 0; sleep 0.1; done; gone "$1"; }
 cleanup() {
-    if [ -n "$nspawn_pid" ] && kill -0 "$nspawn_pid" 2>/dev/null; then
-        # SIGTERM: nspawn asks the container's systemd to halt cleanly.
+    if [ -n "$nspawn_pid" ] && ! gone "$nspawn_pid"; then
+        # SIGTERM: nspawn asks the container's systemd to halt cleanly; a second SIGTERM
+        # terminates it at once (a container still booting may ignore the first).
         kill -TERM "$nspawn_pid" 2>/dev/null || true
-        for _ in $(seq 300); do kill -0 "$nspawn_pid" 2>/dev/null || break; sleep 0.1; done
-        kill -KILL "$nspawn_pid" 2>/dev/null || true
+        wait_gone "$nspawn_pid" 100 || kill -TERM "$nspawn_pid" 2>/dev/null || true
+        wait_gone "$nspawn_pid" 50 || kill -KILL "$nspawn_pid" 2>/dev/null || true
         wait "$nspawn_pid" 2>/dev/null || true
+    fi
+    # SIGKILL to nspawn would orphan the container: its init (and with it the whole pid
+    # namespace) must go too. Only the pid we found as nspawn's child, never by name.
+    if [ -n "$init_pid" ] && ! gone "$init_pid" &&
+        [ "$(cat "/proc/$init_pid/comm" 2>/dev/null)" = systemd ]; then
+        kill -KILL "$init_pid" 2>/dev/null || true
+        wait_gone "$init_pid" 50 || echo "warning: container init $init_pid still running" >&2
     fi
     if [ -n "$mounted_tmpfs" ]; then umount /run/systemd/nspawn 2>/dev/null || true; fi
 }
 trap cleanup EXIT
+trap "exit 130" INT TERM
 
 t=$(now)
 systemd-nspawn --quiet --boot --directory="$ROOTFS" --machine="$machine" --register=no \
@@ -109,14 +122,13 @@ systemd-nspawn --quiet --boot --directory="$ROOTFS" --machine="$machine" --regis
 nspawn_pid=$!
 
 # The container's pid 1 (systemd) is nspawn's child.
-init_pid=
 for _ in $(seq 300); do
     init_pid=$(ps -o pid= --ppid "$nspawn_pid" 2>/dev/null | head -n1 | tr -d " " || true)
     [ -n "$init_pid" ] && [ "$(cat "/proc/$init_pid/comm" 2>/dev/null)" = systemd ] && break
     kill -0 "$nspawn_pid" 2>/dev/null || { cat "$CACHE/boot.log" >&2; exit 1; }
-    init_pid=
     sleep 0.1
 done
+[ "$(cat "/proc/$init_pid/comm" 2>/dev/null)" = systemd ] || init_pid=
 [ -n "$init_pid" ] || { echo "error: the container's systemd did not start" >&2; exit 1; }
 in_container() { nsenter --target "$init_pid" --all "$@"; }
 # Until its bus socket exists, systemctl cannot connect: retry within a bounded time.
