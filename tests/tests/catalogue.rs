@@ -5,7 +5,7 @@
 //! command lines and quirks. Nothing is installed here: `.ci/run` installs the packages and the
 //! Python venv; an absent tool is a loud SKIPPED (a failure with CI=true).
 
-use sd_launch_tests::{Supervised, get_tcp, python_tool, skip, tool, tool_or_skip, wait_gone};
+use sd_launch_tests::{Supervised, get_tcp, python_tool, skip, tool_or_skip, wait_gone};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -30,6 +30,12 @@ def wsgi(environ, start_response):
                               ("Content-Length", str(len(body)))])
     return [body]
 "#;
+
+/// A tool from a Debian package; SKIPPED (on the terminal, even when the test passes) with the
+/// apt-get line when absent.
+fn apt_tool(name: &str, package: &str) -> Option<PathBuf> {
+    tool_or_skip(name, &format!("apt-get install -y {package}"))
+}
 
 fn python_app(dir: &Path) {
     std::fs::write(dir.join("app.py"), APP_PY).unwrap();
@@ -198,7 +204,7 @@ fn uwsgi_speaks_http_on_the_passed_socket_with_protocol_http() {
 /// haproxy in front of a demo-server that sd-launch started too; `bind` is the frontend's
 /// bind line. The answer must come from that backend, through haproxy.
 fn haproxy_in_front_of_demo_server(bind: &str, extra: &[&str]) {
-    let Some(haproxy) = tool("haproxy", "haproxy") else {
+    let Some(haproxy) = apt_tool("haproxy", "haproxy") else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
@@ -246,10 +252,10 @@ fn haproxy_binds_the_fd_named_by_an_environment_variable() {
 
 #[test]
 fn nbdkit_takes_listen_fds_and_nbdinfo_reads_the_export_size() {
-    let Some(nbdkit) = tool("nbdkit", "nbdkit") else {
+    let Some(nbdkit) = apt_tool("nbdkit", "nbdkit") else {
         return;
     };
-    let Some(nbdinfo) = tool("nbdinfo", "libnbd-bin") else {
+    let Some(nbdinfo) = apt_tool("nbdinfo", "libnbd-bin") else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
@@ -268,10 +274,10 @@ fn nbdkit_takes_listen_fds_and_nbdinfo_reads_the_export_size() {
 
 #[test]
 fn qemu_nbd_takes_listen_fds_and_qemu_img_reads_the_image() {
-    let Some(qemu_nbd) = tool("qemu-nbd", "qemu-utils") else {
+    let Some(qemu_nbd) = apt_tool("qemu-nbd", "qemu-utils") else {
         return;
     };
-    let Some(qemu_img) = tool("qemu-img", "qemu-utils") else {
+    let Some(qemu_img) = apt_tool("qemu-img", "qemu-utils") else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
@@ -311,13 +317,13 @@ fn ssh_keygen(ssh_keygen: &Path, path: &Path) {
 
 #[test]
 fn sshd_in_inetd_mode_runs_a_command_for_each_connection() {
-    let Some(sshd) = tool("sshd", "openssh-server") else {
+    let Some(sshd) = apt_tool("sshd", "openssh-server") else {
         return;
     };
-    let Some(ssh) = tool("ssh", "openssh-client") else {
+    let Some(ssh) = apt_tool("ssh", "openssh-client") else {
         return;
     };
-    let Some(keygen) = tool("ssh-keygen", "openssh-client") else {
+    let Some(keygen) = apt_tool("ssh-keygen", "openssh-client") else {
         return;
     };
     // sshd's privilege separation needs this directory (a booted Debian creates it).
@@ -410,10 +416,10 @@ const BUS_CONF: &str = r#"<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus 
 
 #[test]
 fn dbus_daemon_listens_on_the_passed_unix_socket_with_address_systemd() {
-    let Some(dbus_daemon) = tool("dbus-daemon", "dbus") else {
+    let Some(dbus_daemon) = apt_tool("dbus-daemon", "dbus") else {
         return;
     };
-    let Some(dbus_send) = tool("dbus-send", "dbus") else {
+    let Some(dbus_send) = apt_tool("dbus-send", "dbus") else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
@@ -457,10 +463,10 @@ fn dbus_daemon_listens_on_the_passed_unix_socket_with_address_systemd() {
 
 #[test]
 fn pgbouncer_takes_the_socket_and_psql_reaches_its_admin_console() {
-    let Some(pgbouncer) = tool("pgbouncer", "pgbouncer") else {
+    let Some(pgbouncer) = apt_tool("pgbouncer", "pgbouncer") else {
         return;
     };
-    let Some(psql) = tool("psql", "postgresql-client") else {
+    let Some(psql) = apt_tool("psql", "postgresql-client") else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
