@@ -157,8 +157,10 @@ fn gunicorn_takes_listen_fds_without_a_bind_option() {
     assert!(wait_gone(worker), "gunicorn worker {worker} kept running");
 }
 
-#[test]
-fn uwsgi_speaks_http_on_the_passed_socket_with_protocol_http() {
+/// uWSGI (Debian's, with its python3 plugin) serving the WSGI app; `socket` are the options
+/// that make it speak HTTP on the passed socket. Twenty requests, every one answered: a
+/// passed fd that uWSGI registered with its own uwsgi protocol would answer none.
+fn uwsgi_serves_http(socket: &[&str]) {
     let Some(uwsgi) = tool_or_skip(
         "uwsgi",
         "apt-get install -y uwsgi-core uwsgi-plugin-python3",
@@ -174,23 +176,14 @@ fn uwsgi_speaks_http_on_the_passed_socket_with_protocol_http() {
     }
     let dir = tempfile::tempdir().unwrap();
     python_app(dir.path());
-    let daemon = supervise(
-        dir.path(),
-        &[],
-        &uwsgi,
-        &[
-            "--plugin",
-            "python3",
-            "--protocol",
-            "http",
-            "--master",
-            "--chdir",
-            s(dir.path()),
-            "--module",
-            "app:wsgi",
-        ],
-    );
-    assert_python_app_answers(&daemon, "wsgi");
+    let mut args = vec!["--plugin", "python3", "--master", "--chdir", s(dir.path())];
+    args.extend_from_slice(socket);
+    args.extend(["--module", "app:wsgi"]);
+    let daemon = supervise(dir.path(), &[], &uwsgi, &args);
+    for _ in 0..20 {
+        assert_python_app_answers(&daemon, "wsgi");
+    }
+    // uWSGI checks LISTEN_PID, then adopts fds 3.. (and says so).
     assert!(
         daemon.log().contains("socket activation detected"),
         "{}",
@@ -199,6 +192,16 @@ fn uwsgi_speaks_http_on_the_passed_socket_with_protocol_http() {
     // SIGTERM would make uWSGI 2.0 reload; SIGINT stops it.
     let status = daemon.stop(libc::SIGINT);
     assert!(status.success(), "uwsgi exited {status}");
+}
+
+#[test]
+fn uwsgi_speaks_http_on_the_passed_socket_with_protocol_http() {
+    uwsgi_serves_http(&["--protocol", "http"]);
+}
+
+#[test]
+fn uwsgi_speaks_http_on_an_http_socket_naming_fd_3() {
+    uwsgi_serves_http(&["--http-socket", "fd://3"]);
 }
 
 /// haproxy in front of a demo-server that sd-launch started too; `bind` is the frontend's
