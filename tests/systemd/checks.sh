@@ -32,6 +32,12 @@ state_is() { [ "$(prop "$1" ActiveState)/$(prop "$1" SubState)" = "$2" ]; }
 # A JSON field of demo-server's /info, good enough for its flat output: "key":value.
 field() { grep -o "\"$2\":[^,}]*" <<<"$1" | head -n1 | cut -d: -f2- | tr -d '"'; }
 
+# systemctl stop, quiet about the expected "can still be activated by demo-server.socket".
+stop() {
+    local out
+    out=$(systemctl stop "$@" 2>&1) || fail "systemctl stop $*: $out"
+}
+
 get() { curl -sS --max-time 10 "$1" || fail "GET $1 failed"; }
 
 systemctl daemon-reload
@@ -56,7 +62,7 @@ ok "Accept=no: the first connection starts demo-server.service, /info: $info"
 # --- Type=notify: "active (running)" only once READY=1 arrived ---------------------------------
 # A runtime drop-in delays the exec by 2 s; the unit must stay "activating" until demo-server
 # itself reports READY=1 (the shell execs it, so the main pid that may notify stays the same).
-systemctl stop demo-server.service
+stop demo-server.service
 mkdir -p /run/systemd/system/demo-server.service.d
 cat >/run/systemd/system/demo-server.service.d/50-slow-start.conf <<'EOF'
 [Service]
@@ -84,7 +90,7 @@ curl -sS --max-time 20 -o /tmp/slow.body -w '%{http_code}' 'http://127.0.0.1:808
     >/tmp/slow.code &
 slow=$!
 sleep 0.3
-systemctl stop demo-server.service
+stop demo-server.service
 wait "$slow" || fail "the in-flight request failed during systemctl stop"
 [ "$(cat /tmp/slow.code)" = 200 ] || fail "the in-flight request got $(cat /tmp/slow.code)"
 [ "$(prop demo-server.service Result)" = success ] ||
@@ -102,7 +108,7 @@ info=$(get http://127.0.0.1:8080/info)
 [ "$(field "$info" pid)" != "$first_pid" ] || fail "no new process after re-activation"
 state_is demo-server.service active/running || fail "not running after re-activation"
 ok "the next connection re-activates demo-server.service (pid $first_pid -> $(field "$info" pid))"
-systemctl stop demo-server.service demo-server.socket
+stop demo-server.service demo-server.socket
 
 # --- Accept=yes: one instance, one new pid, per connection ---------------------------------------
 systemctl start demo-server-accept.socket
@@ -118,6 +124,6 @@ done
 no_instance_left() { [ -z "$(systemctl list-units --no-legend --state=active 'demo-server-accept@*')" ]; }
 wait_for 20 no_instance_left || fail "per-connection instances still running"
 ok "Accept=yes: pids $(field "$a" pid) and $(field "$b" pid), each exited after its connection"
-systemctl stop demo-server-accept.socket
+stop demo-server-accept.socket
 
 echo "all systemd checks passed"
