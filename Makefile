@@ -4,10 +4,10 @@ CARGO ?= cargo
 BIN := target/debug
 FUZZ_SECONDS ?= 300
 
-.PHONY: help build demo test lint doc bench fuzz
+.PHONY: help build demo test test-systemd lint doc bench fuzz
 
 help: ## list the targets
-	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-6s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 
 build: ## build every binary of the workspace (debug)
 	$(CARGO) build --workspace --bins
@@ -33,6 +33,10 @@ demo: build ## start demo-server through sd-launch, curl it, stop it, prove noth
 test: ## build the binaries, then run every test of the workspace (all features)
 	$(CARGO) build --workspace --bins --all-features
 	$(CARGO) test --workspace --all-features --no-fail-fast
+
+test-systemd: ## boot Debian's systemd 252 in systemd-nspawn, check the shipped unit files (root)
+	$(CARGO) build --release -p demo-server
+	bash tests/systemd/run.sh
 
 lint: ## rustfmt check and clippy with warnings as errors
 	$(CARGO) fmt --all -- --check

@@ -234,3 +234,216 @@ impl Drop for PidGuard {
         }
     }
 }
+
+/// Report a missing prerequisite: a loud `SKIPPED` line with how to install it, or, with
+/// `CI=true` (CI installs everything), a failure. Always `None`, for `let Some(x) = .. else`.
+///
+/// ```
+/// if std::env::var("CI").as_deref() != Ok("true") {
+///     assert!(sd_launch_tests::skip::<()>("`frobd` not found", "apt-get install -y frobd").is_none());
+/// }
+/// ```
+pub fn skip<T>(what: &str, install: &str) -> Option<T> {
+    let msg = format!("SKIPPED: {what}; install it with `{install}`");
+    assert!(
+        std::env::var("CI").as_deref() != Ok("true"),
+        "{msg} (CI=true: skips are failures)"
+    );
+    // Straight to the stderr stream, not through eprintln!, which the test harness captures
+    // (and hides) for a test that passes.
+    let _ = writeln!(std::io::stderr(), "\n*** {msg} ***\n");
+    None
+}
+
+/// The Python virtual environment of the Python servers (uvicorn, hypercorn, gunicorn):
+/// `$SD_LAUNCH_TESTS_VENV` when set (`.ci/run` sets it), else `target/pyvenv` of this build.
+///
+/// ```no_run
+/// assert!(sd_launch_tests::python_venv().ends_with("pyvenv"));
+/// ```
+pub fn python_venv() -> PathBuf {
+    if let Some(dir) = std::env::var_os("SD_LAUNCH_TESTS_VENV") {
+        return PathBuf::from(dir);
+    }
+    // Test executables are in target/<profile>/deps/.
+    let exe = std::env::current_exe().expect("current_exe");
+    let target = exe
+        .ancestors()
+        .find(|d| d.file_name().is_some_and(|n| n == "target"))
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("target"));
+    target.join("pyvenv")
+}
+
+/// A Python server's executable from [`python_venv`] (or PATH); when absent, [`skip`] with the
+/// pip command that installs it.
+///
+/// ```
+/// if std::env::var("CI").as_deref() != Ok("true") {
+///     assert!(sd_launch_tests::python_tool("no-such-server-xyz").is_none());
+/// }
+/// ```
+pub fn python_tool(name: &str) -> Option<PathBuf> {
+    let venv = python_venv();
+    let in_venv = venv.join("bin").join(name);
+    if in_venv.is_file() {
+        return Some(in_venv);
+    }
+    let on_path = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|d| d.join(name))
+            .find(|p| p.is_file())
+    });
+    on_path.or_else(|| {
+        skip(
+            &format!(
+                "`{name}` not found in {} (SD_LAUNCH_TESTS_VENV) or PATH",
+                venv.display()
+            ),
+            &format!(
+                "python3 -m venv {0} && {0}/bin/pip install {name}",
+                venv.display()
+            ),
+        )
+    })
+}
+
+/// Like [`tool`], for a tool whose install hint is more than one apt package name.
+///
+/// ```
+/// assert!(sd_launch_tests::tool_or_skip("sh", "apt-get install -y dash").is_some());
+/// ```
+pub fn tool_or_skip(name: &str, install: &str) -> Option<PathBuf> {
+    let found = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/sbin")])
+            .map(|d| d.join(name))
+            .find(|p| p.is_file())
+    });
+    found.or_else(|| skip(&format!("`{name}` not found"), install))
+}
+
+/// A daemon started by the real `sd-launch --foreground --format json` CLI (or `--accept`,
+/// which is always in the foreground), as a supervisor or a test script would: sd-launch stays
+/// our child, forwards the signals we send it and exits with the daemon's status.
+/// Dropping it SIGKILLs sd-launch (the daemon dies with it) and the daemon too.
+#[derive(Debug)]
+pub struct Supervised {
+    child: std::process::Child,
+    /// `LAUNCHED_PID`: the daemon's pid (sd-launch's own in accept mode).
+    pub pid: u32,
+    /// sd-launch's JSON output: `pid` and each socket's `fd`, `name`, `kind`, `address`, `port`.
+    pub info: serde_json::Value,
+    log: Option<PathBuf>,
+}
+
+impl Supervised {
+    /// Run `sd-launch --format json <args>` (`args` holds sd-launch's options, `--`, the
+    /// daemon and its arguments; add `--foreground` unless `--accept`) and wait (30 s at most)
+    /// for its output line. Send the daemon's output to a file (`--outfile`, or `--stderr`
+    /// with `--inetd`), not to our pipe; `log` names that file, shown when something fails.
+    ///
+    /// ```no_run
+    /// use sd_launch_tests::{Supervised, bin};
+    /// let demo = bin("demo-server");
+    /// let args = ["--foreground", "--outfile", "/dev/null", "--", demo.to_str().unwrap()];
+    /// let d = Supervised::start(None, args);
+    /// assert_eq!(sd_launch_tests::get_tcp(d.addr(0), "/healthz").unwrap().status, 200);
+    /// assert!(d.stop(libc::SIGTERM).success());
+    /// ```
+    pub fn start<I, S>(log: Option<&Path>, args: I) -> Supervised
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<std::ffi::OsStr>,
+    {
+        use std::io::BufRead;
+        let mut child = std::process::Command::new(bin("sd-launch"))
+            .args(["--format", "json"])
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn sd-launch");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let _ = std::io::BufReader::new(stdout).read_line(&mut line);
+            let _ = tx.send(line);
+        });
+        let mut supervised = Supervised {
+            child,
+            pid: 0,
+            info: serde_json::Value::Null,
+            log: log.map(Path::to_path_buf),
+        };
+        let line = rx.recv_timeout(Duration::from_secs(30)).unwrap_or_default();
+        let Ok(info) = serde_json::from_str::<serde_json::Value>(&line) else {
+            let status = supervised.wait_exit(Duration::from_secs(5));
+            panic!(
+                "sd-launch printed no JSON line ({line:?}), status {status:?}; daemon log:\n{}",
+                supervised.log()
+            );
+        };
+        supervised.pid = info["pid"].as_u64().expect("pid in the output") as u32;
+        supervised.info = info;
+        supervised
+    }
+
+    /// The address of socket `index` (0 is fd 3) when it is TCP.
+    pub fn addr(&self, index: usize) -> SocketAddr {
+        self.info["sockets"][index]["address"]
+            .as_str()
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| panic!("socket {index} has no TCP address: {}", self.info))
+    }
+
+    /// The daemon's output so far (empty without a log file).
+    pub fn log(&self) -> String {
+        self.log
+            .as_ref()
+            .map(|p| String::from_utf8_lossy(&std::fs::read(p).unwrap_or_default()).into_owned())
+            .unwrap_or_default()
+    }
+
+    fn wait_exit(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        let end = Instant::now() + within;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            if Instant::now() >= end {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Send `signal` to sd-launch (which forwards it), wait up to 30 s for it to exit with
+    /// the daemon's status, check the daemon is gone, and return that status.
+    pub fn stop(mut self, signal: i32) -> std::process::ExitStatus {
+        let launcher = libc::pid_t::try_from(self.child.id()).expect("pid fits pid_t");
+        // SAFETY: kill(2) on our own child's pid has no memory-safety preconditions.
+        unsafe { libc::kill(launcher, signal) };
+        let status = self.wait_exit(Duration::from_secs(30)).unwrap_or_else(|| {
+            panic!(
+                "sd-launch did not exit within 30 s of signal {signal}; daemon log:\n{}",
+                self.log()
+            )
+        });
+        assert!(
+            wait_gone(self.pid),
+            "daemon {} still running after sd-launch exited",
+            self.pid
+        );
+        status
+    }
+}
+
+impl Drop for Supervised {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        drop(PidGuard(self.pid));
+    }
+}
