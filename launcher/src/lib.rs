@@ -7,6 +7,18 @@
 //! daemon runs, and connections queue in the kernel's backlog while it starts: no port
 //! clashes between parallel tests, no polling, no sleeping.
 //!
+//! The key property, runnable anywhere: a connection succeeds before the daemon accepts
+//! (here a "daemon" that never does), because the socket is listening before it starts.
+//!
+//! ```
+//! let daemon = sd_launch::Launch::new("sleep").arg("10").spawn()?; // holds fd 3, never accepts
+//! let conn = std::net::TcpStream::connect(daemon.addr(0)?)?; // at once: queued by the kernel
+//! # drop(conn);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! A real test talks to a real daemon, with no sleep and no retry:
+//!
 //! ```no_run
 //! use std::io::{Read, Write};
 //! let server = sd_launch::Launch::new("my-http-daemon").spawn()?; // 127.0.0.1:0 by default
@@ -31,6 +43,8 @@
 //! 5. the modes built on handles and the loop: [`restart`] (a [`Service`](restart::Service)
 //!    whose sockets outlive its daemons) and [`accept`] (one daemon per connection).
 //!
+//! Feature `tokio`: [`Launch::spawn_async`] and [`Launched::wait_async`] for async tests.
+//!
 //! Linux only: the launcher is built on pidfds (Linux 5.3 or later), `signalfd` and
 //! `clone(CLONE_VM | CLONE_VFORK)`.
 
@@ -38,13 +52,15 @@
 compile_error!("sd-launch is Linux-only: it is built on pidfds, signalfd and clone");
 
 pub mod accept;
+#[cfg(feature = "tokio")]
+mod asynchronous;
 mod capture;
 mod error;
 mod launch;
 mod launched;
-mod shared;
 mod process;
 pub mod restart;
+mod shared;
 pub mod sockets;
 pub mod supervisor;
 
