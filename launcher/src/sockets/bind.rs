@@ -9,8 +9,10 @@
 //! * A Unix socket file is created with mode `0600` unless told otherwise, without a window
 //!   where it has another mode: it is bound inside a fresh private directory next to the
 //!   target, `chmod`ed, then hard-linked into place (`link` never replaces anything).
-//! * An existing path is replaced only when it is a socket nobody listens on (a connect is
-//!   refused). Anything else there, a regular file above all, is an error and is never deleted.
+//! * An existing path is replaced only when it is a socket nobody listens on: a
+//!   non-blocking connect is refused. A listener whose backlog is full (`EAGAIN`) is somebody
+//!   listening, and the probe never waits. Anything else there, a regular file above all, is
+//!   an error and is never deleted.
 
 use std::io;
 use std::net::SocketAddr;
@@ -225,12 +227,22 @@ fn remove_stale(path: &Path, ty: Type, spec: &SocketSpec) -> Result<(), Error> {
         });
     }
     let probe = new_socket(Domain::UNIX, ty, spec)?;
+    // A listener whose backlog is full would block a connect until it accepts: never wait.
+    probe
+        .set_nonblocking(true)
+        .map_err(|e| socket_error("probe", spec, e))?;
     let addr = SockAddr::unix(path).map_err(|e| socket_error("probe", spec, e))?;
     match probe.connect(&addr) {
         Ok(()) => Err(Error::PathInUse {
             path: path.to_owned(),
             what: "another process is listening on this socket",
         }),
+        Err(e) if matches!(e.raw_os_error(), Some(libc::EAGAIN | libc::EINPROGRESS)) => {
+            Err(Error::PathInUse {
+                path: path.to_owned(),
+                what: "another process is listening on this socket",
+            })
+        }
         Err(e) if e.raw_os_error() == Some(libc::ECONNREFUSED) => std::fs::remove_file(path)
             .or_else(|e| match e.kind() {
                 io::ErrorKind::NotFound => Ok(()),
@@ -403,6 +415,48 @@ mod tests {
             err.to_string().contains("port 0 lets the kernel pick"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn a_live_socket_with_a_full_backlog_is_in_use_and_the_probe_does_not_hang() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("busy.sock");
+        let addr = SockAddr::unix(&path).unwrap();
+        let listener = Socket::new(Domain::UNIX, Type::STREAM, None).unwrap();
+        listener.bind(&addr).unwrap();
+        listener.listen(0).unwrap();
+        // Fill the queue: clients that nobody accepts, until the kernel says it is full.
+        let mut clients = Vec::new();
+        let mut full = false;
+        for _ in 0..16 {
+            let client = Socket::new(Domain::UNIX, Type::STREAM, None).unwrap();
+            client.set_nonblocking(true).unwrap();
+            match client.connect(&addr) {
+                Ok(()) => clients.push(client),
+                Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => {
+                    full = true;
+                    break;
+                }
+                Err(e) => panic!("unexpected connect error {e}"),
+            }
+        }
+        assert!(full, "the backlog never filled up");
+        let (tx, rx) = std::sync::mpsc::channel();
+        let spec = unix(&path);
+        std::thread::spawn(move || {
+            let _ = tx.send(bind(&spec, 8, DEFAULT_UNIX_MODE).map(drop));
+        });
+        let result = rx
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .expect("binding over a live socket with a full backlog hung");
+        let err = result.unwrap_err();
+        assert!(
+            err.to_string().contains("another process is listening"),
+            "{err}"
+        );
+        assert_eq!(err.exit_code(), 3);
+        assert!(path.exists(), "the live socket was deleted");
+        drop((listener, clients));
     }
 
     #[test]
