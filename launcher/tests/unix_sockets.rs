@@ -1,5 +1,6 @@
 //! Unix socket files as the daemon and the user see them: the daemon's socket reports the
-//! `-l` path (as under `systemd-socket-activate`), with the mode asked for.
+//! `-l` path (as under `systemd-socket-activate`), with the mode asked for, and a path whose
+//! directory is missing is an error that names that directory.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -84,4 +85,54 @@ fn a_relative_path_is_reported_absolute_by_the_daemon() {
         reported.trim_end(),
         dir.path().join("rel.sock").to_str().unwrap()
     );
+}
+
+#[test]
+fn a_missing_directory_is_named_by_the_library() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("nodir");
+    let err = Launch::new("true")
+        .listen_on(missing.join("x.sock").to_str().unwrap())
+        .spawn()
+        .unwrap_err();
+    let text = err.to_string();
+    assert_eq!(err.exit_code(), 3);
+    assert!(
+        text.contains(&format!("{} does not exist", missing.display())),
+        "{text}"
+    );
+    assert!(text.contains("create it"), "{text}");
+    assert!(!text.contains(".sd-launch-"), "{text}");
+    assert!(!missing.exists());
+}
+
+#[test]
+fn a_missing_directory_is_named_by_the_command_as_given() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("file"), "").unwrap();
+    for (arg, says) in [
+        ("./nodir/x.sock", "./nodir does not exist"),
+        ("./nodir/deeper/x.sock", "./nodir/deeper does not exist"),
+        ("./file/x.sock", "./file is not a directory"),
+    ] {
+        let out = Command::new(SD_LAUNCH)
+            .current_dir(dir.path())
+            .args(["-l", arg, "--", "true"])
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8(out.stderr).unwrap();
+        assert_eq!(out.status.code(), Some(3), "{arg}: {stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{arg}: {stderr}");
+        assert!(stderr.contains(says), "{arg}: {stderr}");
+        assert!(!stderr.contains(".sd-launch-"), "{arg}: {stderr}");
+        assert!(out.stdout.is_empty(), "{arg}");
+    }
+    // Nothing was created on the way.
+    let mut entries: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    entries.sort();
+    assert_eq!(entries, ["file"]);
 }

@@ -270,14 +270,31 @@ fn appeared(path: &Path) -> Error {
 }
 
 /// Open the directory a socket file is to be created in (`parent`, the absolute form of
-/// `given`'s).
+/// `given`'s); a missing one is an error naming it as given.
 fn open_dir(parent: &Path, given: &Path) -> Result<OwnedFd, Error> {
     let flags = OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
-    nix::fcntl::open(parent, flags, Mode::empty()).map_err(|errno| Error::Socket {
-        action: "open the directory of",
-        address: given.display().to_string(),
-        source: errno.into(),
-        hint: "",
+    nix::fcntl::open(parent, flags, Mode::empty()).map_err(|errno| {
+        let directory = match given.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
+            _ => PathBuf::from("."),
+        };
+        let what = match errno {
+            Errno::ENOENT => "does not exist (create it first, or choose another path)",
+            Errno::ENOTDIR => "is not a directory (choose another path)",
+            _ => {
+                return Error::Socket {
+                    action: "open the directory of",
+                    address: given.display().to_string(),
+                    source: errno.into(),
+                    hint: "",
+                };
+            }
+        };
+        Error::NoDirectory {
+            path: given.to_owned(),
+            directory,
+            what,
+        }
     })
 }
 
