@@ -23,10 +23,15 @@
 //!   more), and code outside this crate calling `umask` then is not serialised by our lock; a
 //!   default ACL on the directory overrides the umask (POSIX ACL rules), so there the file has
 //!   the ACL's permissions until the `chmod` right after the bind.
-//! * The directory is opened (`O_PATH`) before anything is created in it, and every later
-//!   step names the file relative to that descriptor: a directory swapped for a symlink
-//!   afterwards never makes us touch a file elsewhere. A missing directory is an error naming
-//!   it, as given.
+//! * The directory is opened (`O_PATH`) before anything is created in it and kept, one fd per
+//!   socket file, for as long as the file is ours; every step but the bind itself names the
+//!   file relative to that descriptor, so a directory swapped for a symlink afterwards never
+//!   makes us touch a file elsewhere. `bind(2)` takes no directory fd (and binding at
+//!   `/proc/self/fd/N/name` would make that the name `getsockname()` reports): a directory
+//!   swapped between the `open` and the `bind` makes the bind land elsewhere, which the check
+//!   right after it notices (an error, exit 3); the file made there is left alone.
+//! * A missing directory is an error that names it as given and says what to do
+//!   (`./nodir does not exist (create it first, ...)`, exit 3), never one about a file of ours.
 //! * An existing path is replaced only when it is a socket nobody listens on: a
 //!   non-blocking connect is refused. A listener whose backlog is full (`EAGAIN`) is somebody
 //!   listening, and the probe never waits. Anything else there, a regular file above all, is
