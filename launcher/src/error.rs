@@ -79,6 +79,24 @@ pub enum Error {
         /// What is there.
         what: &'static str,
     },
+    /// The directory a Unix socket file is to be created in is missing, or is not a
+    /// directory; it is named as given.
+    ///
+    /// ```
+    /// let err = sd_launch::Launch::new("true").listen_on("/no/such/dir/x.sock").spawn().unwrap_err();
+    /// assert!(matches!(err, sd_launch::Error::NoDirectory { .. }));
+    /// assert!(err.to_string().contains("/no/such/dir does not exist"));
+    /// assert_eq!(err.exit_code(), 3);
+    /// ```
+    #[error("cannot create the socket {path}: {directory} {what}")]
+    NoDirectory {
+        /// The socket path, as given.
+        path: PathBuf,
+        /// Its directory, as given.
+        directory: PathBuf,
+        /// What is wrong with it and what to do.
+        what: &'static str,
+    },
     /// The program was not found (exit code 127, as in a shell).
     #[error("{program}: command not found{where_}")]
     NotFound {
@@ -259,7 +277,7 @@ impl Error {
             | Error::NoSuchSocket { .. }
             | Error::Pattern { .. }
             | Error::Conflict(_) => 2,
-            Error::Socket { .. } | Error::PathInUse { .. } => 3,
+            Error::Socket { .. } | Error::PathInUse { .. } | Error::NoDirectory { .. } => 3,
             Error::Spawn { .. }
             | Error::Os { .. }
             | Error::Stdio { .. }

@@ -6,18 +6,58 @@
 //! * Stream and seqpacket sockets listen with the largest backlog the kernel allows by
 //!   default ([`DEFAULT_BACKLOG`], clamped by `net.core.somaxconn`, as systemd does): a small
 //!   backlog drops connections when many clients connect while the daemon starts.
-//! * A Unix socket file is created with mode `0600` unless told otherwise, without a window
-//!   where it has another mode: it is bound inside a fresh private directory next to the
-//!   target, `chmod`ed, then hard-linked into place (`link` never replaces anything).
-//! * An existing path is replaced only when it is a socket nobody listens on (a connect is
-//!   refused). Anything else there, a regular file above all, is an error and is never deleted.
+//! * A Unix socket is bound at its final path (made absolute), so `getsockname()` in the
+//!   daemon returns that path, as under `systemd-socket-activate`: libsystemd's
+//!   `sd_is_socket_unix(fd, .., path)` and lighttpd's `server.bind` compare it. (Binding
+//!   elsewhere and renaming or linking the file into place does not do that: the kernel
+//!   reports the path given to `bind`, even once that name is gone.)
+//! * The file is never reachable with wider permissions than asked (`0600` unless told
+//!   otherwise), at no instant: the kernel creates it with `0777 & !umask`, so `bind` runs
+//!   with `umask` `!mode`. The umask is shared by the threads of a process, so the bind runs
+//!   in a short-lived thread that first takes a private copy of it (`unshare(CLONE_FS)`),
+//!   and the rest of the process never sees the change. Where `unshare` is refused (a
+//!   seccomp filter, as in some containers), the process umask is tightened instead, to its
+//!   old value plus the bits the mode forbids, under a lock of this crate, and restored right
+//!   after the bind; the file is then `chmod`ed up to the mode. Residuals: in that fallback,
+//!   a file another thread creates in that instant gets fewer permissions than it would (never
+//!   more), and code outside this crate calling `umask` then is not serialised by our lock; a
+//!   default ACL on the directory overrides the umask (POSIX ACL rules), so there the file has
+//!   the ACL's permissions until the `chmod` right after the bind.
+//! * The directory is opened (`O_PATH`) before anything is created in it and kept, one fd per
+//!   socket file, for as long as the file is ours; every step but the bind itself names the
+//!   file relative to that descriptor, so a directory swapped for a symlink afterwards never
+//!   makes us touch a file elsewhere. `bind(2)` takes no directory fd (and binding at
+//!   `/proc/self/fd/N/name` would make that the name `getsockname()` reports): a directory
+//!   swapped between the `open` and the `bind` makes the bind land elsewhere, which the check
+//!   right after it notices (an error, exit 3); the file made there is left alone.
+//! * A missing directory is an error that names it as given and says what to do
+//!   (`./nodir does not exist (create it first, ...)`, exit 3), never one about a file of ours.
+//! * An existing path is replaced only when it is a socket nobody listens on: a
+//!   non-blocking connect is refused. A listener whose backlog is full (`EAGAIN`) is somebody
+//!   listening, and the probe never waits. Anything else there, a regular file above all, is
+//!   an error and is never deleted.
+//! * At drop, only the very socket file we created is removed: the name is looked up in the
+//!   directory we created it in, without following a symlink, and removed only if it is
+//!   still a socket with the device, inode, owner, mode and change time recorded at
+//!   creation (the change time guards against an inode number reused by a file created after
+//!   ours was deleted; a socket someone else `chmod`ed since is left in place, the safe side).
+//!   Residual: Linux has no "unlink if it is this inode", so a file that replaces ours
+//!   between that check and the `unlinkat` (microseconds, and only by someone who may write
+//!   to the directory) is removed instead.
 
+use std::ffi::{OsStr, OsString};
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::{Mutex, PoisonError};
+
+use nix::errno::Errno;
+use nix::fcntl::{AtFlags, OFlag};
+use nix::sched::{CloneFlags, unshare};
+use nix::sys::stat::{FchmodatFlags, FileStat, Mode, SFlag, fchmodat, fstatat, umask};
+use nix::unistd::{UnlinkatFlags, unlinkat};
 
 use socket2::{Domain, SockAddr, Socket, Type};
 
@@ -54,24 +94,71 @@ pub(crate) struct Bound {
     pub(crate) created: Option<CreatedPath>,
 }
 
-/// A Unix socket file this crate created; removed when dropped, unless [`CreatedPath::keep`]
-/// was called.
+/// A Unix socket file this crate created, identified as it was at creation; removed when
+/// dropped, unless [`CreatedPath::keep`] was called, and only if it is still that very file.
 #[derive(Debug)]
 pub(crate) struct CreatedPath {
-    path: Option<PathBuf>,
+    /// The directory it was created in, opened before the bind.
+    dir: OwnedFd,
+    /// Its name in `dir`.
+    name: OsString,
+    /// Who it is: device, inode, owner, mode and change time at creation.
+    id: FileId,
+    /// The path as bound (for [`CreatedPath::keep`]).
+    path: PathBuf,
+    kept: bool,
+}
+
+/// What identifies a file across the life of a socket set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FileId {
+    dev: u64,
+    ino: u64,
+    uid: u32,
+    mode: u32,
+    ctime: (i64, i64),
+}
+
+impl FileId {
+    fn of(st: &FileStat) -> FileId {
+        FileId {
+            dev: st.st_dev,
+            ino: st.st_ino,
+            uid: st.st_uid,
+            mode: st.st_mode,
+            ctime: (st.st_ctime, st.st_ctime_nsec),
+        }
+    }
+}
+
+/// `name` in `dir`, not following a symlink.
+fn stat_at(dir: &OwnedFd, name: &OsStr) -> nix::Result<FileStat> {
+    fstatat(dir, name, AtFlags::AT_SYMLINK_NOFOLLOW)
+}
+
+fn is_socket(st: &FileStat) -> bool {
+    SFlag::from_bits_truncate(st.st_mode & SFlag::S_IFMT.bits()) == SFlag::S_IFSOCK
 }
 
 impl CreatedPath {
     /// Leave the file in place when dropped (the daemon outlives us and still uses it).
     pub(crate) fn keep(mut self) -> PathBuf {
-        self.path.take().expect("path is only taken by keep()")
+        self.kept = true;
+        std::mem::take(&mut self.path)
     }
 }
 
 impl Drop for CreatedPath {
     fn drop(&mut self) {
-        if let Some(path) = self.path.take() {
-            let _ = std::fs::remove_file(path);
+        if self.kept {
+            return;
+        }
+        match stat_at(&self.dir, &self.name) {
+            Ok(st) if is_socket(&st) && FileId::of(&st) == self.id => {
+                let _ = unlinkat(&self.dir, self.name.as_os_str(), UnlinkatFlags::NoRemoveDir);
+            }
+            // Gone, or replaced by something that is not ours: left alone.
+            _ => {}
         }
     }
 }
@@ -137,61 +224,39 @@ fn bind_inet(
 
 fn bind_unix(
     spec: &SocketSpec,
-    path: &Path,
+    given: &Path,
     ty: Type,
     listens: bool,
     backlog: i32,
     mode: u32,
 ) -> Result<Bound, Error> {
-    let path = std::path::absolute(path).map_err(|e| socket_error("resolve", spec, e))?;
+    let path = std::path::absolute(given).map_err(|e| socket_error("resolve", spec, e))?;
     if path.as_os_str().len() > MAX_UNIX_PATH {
         // Clients could not connect to it either: refuse before touching anything.
         let e = io::Error::from_raw_os_error(libc::ENAMETOOLONG);
         return Err(socket_error("bind", spec, too_long_hint(e, &path)));
     }
-    remove_stale(&path, ty, spec)?;
-    let parent = path.parent().unwrap_or(Path::new("/"));
-    let private = tempfile::Builder::new()
-        .prefix(".sd-launch-")
-        .tempdir_in(parent)
-        .map_err(|e| socket_error("create a private directory next to", spec, e))?;
-    std::fs::set_permissions(private.path(), std::fs::Permissions::from_mode(0o700))
-        .map_err(|e| socket_error("chmod the private directory of", spec, e))?;
-    // The temporary name is short; a target path too long for sun_path fails at bind below
-    // with the kernel's own EINVAL ("invalid argument"), named with the target path.
-    let temp = private.path().join("s");
-    let bind_at = if temp.as_os_str().len() <= MAX_UNIX_PATH {
-        temp.clone()
-    } else {
-        // The private directory's name makes the path too long: bind in place, chmod after.
-        path.clone()
+    let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
+        return Err(Error::Address {
+            input: given.display().to_string(),
+            reason: "a Unix socket path must end in a file name".into(),
+        });
     };
-    let sockaddr = SockAddr::unix(&bind_at)
-        .map_err(|e| socket_error("bind", spec, too_long_hint(e, &path)))?;
+    // The directory and name, as the rest uses them (a trailing `/` or `/.` is dropped).
+    let path = parent.join(name);
+    let dir = open_dir(parent, given)?;
+    remove_stale(&dir, name, &path, ty, spec)?;
+    let sockaddr =
+        SockAddr::unix(&path).map_err(|e| socket_error("bind", spec, too_long_hint(e, &path)))?;
     let socket = new_socket(Domain::UNIX, ty, spec)?;
-    socket
-        .bind(&sockaddr)
-        .map_err(|e| socket_error("bind", spec, too_long_hint(e, &path)))?;
-    let created = CreatedPath {
-        path: Some(bind_at.clone()),
-    };
-    std::fs::set_permissions(&bind_at, std::fs::Permissions::from_mode(mode))
-        .map_err(|e| socket_error("chmod", spec, e))?;
-    let created = if bind_at == path {
-        created
-    } else {
-        std::fs::hard_link(&bind_at, &path).map_err(|e| match e.kind() {
-            io::ErrorKind::AlreadyExists => Error::PathInUse {
-                path: path.clone(),
-                what: "a file appeared there while the socket was being created",
-            },
-            _ => socket_error("link into place", spec, e),
-        })?;
-        drop(created); // the temporary name
-        CreatedPath {
-            path: Some(path.clone()),
-        }
-    };
+    bind_restricted(&socket, &sockaddr, mode, true).map_err(|e| match e.raw_os_error() {
+        Some(libc::EADDRINUSE) => appeared(&path),
+        _ => socket_error("bind", spec, too_long_hint(e, &path)),
+    })?;
+    let created = record(dir, name, &path, mode).map_err(|e| match e {
+        Some(e) => socket_error("chmod", spec, e),
+        None => appeared(&path),
+    })?;
     finish(
         socket,
         spec,
@@ -202,22 +267,133 @@ fn bind_unix(
     )
 }
 
-/// Remove `path` if it is a socket nobody listens on; refuse anything else that is there.
-fn remove_stale(path: &Path, ty: Type, spec: &SocketSpec) -> Result<(), Error> {
-    let meta = match std::fs::symlink_metadata(path) {
-        Ok(meta) => meta,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(socket_error("inspect", spec, e)),
+fn appeared(path: &Path) -> Error {
+    Error::PathInUse {
+        path: path.to_owned(),
+        what: "a file appeared there while the socket was being created",
+    }
+}
+
+/// Open the directory a socket file is to be created in (`parent`, the absolute form of
+/// `given`'s); a missing one is an error naming it as given.
+fn open_dir(parent: &Path, given: &Path) -> Result<OwnedFd, Error> {
+    let flags = OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
+    nix::fcntl::open(parent, flags, Mode::empty()).map_err(|errno| {
+        let directory = match given.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
+            _ => PathBuf::from("."),
+        };
+        let what = match errno {
+            Errno::ENOENT => "does not exist (create it first, or choose another path)",
+            Errno::ENOTDIR => "is not a directory (choose another path)",
+            _ => {
+                return Error::Socket {
+                    action: "open the directory of",
+                    address: given.display().to_string(),
+                    source: errno.into(),
+                    hint: "",
+                };
+            }
+        };
+        Error::NoDirectory {
+            path: given.to_owned(),
+            directory,
+            what,
+        }
+    })
+}
+
+/// The umask changes of [`bind_restricted`]'s fallback, one at a time.
+static PROCESS_UMASK: Mutex<()> = Mutex::new(());
+
+/// Bind `socket` to `addr`, a path, so that the file is created with no permission beyond
+/// `mode`: in a thread with a umask of its own (`unshare(CLONE_FS)`) when `private` and the
+/// kernel allows it, otherwise under a tightened process umask (see the module's decisions).
+fn bind_restricted(socket: &Socket, addr: &SockAddr, mode: u32, private: bool) -> io::Result<()> {
+    let forbidden = Mode::from_bits_truncate(!mode & 0o777);
+    if private {
+        let attempt = std::thread::scope(|scope| {
+            std::thread::Builder::new()
+                .name("sd-launch-bind".into())
+                .spawn_scoped(scope, || {
+                    // This thread's filesystem context (cwd, root, umask) becomes its own; it
+                    // ends with the thread.
+                    unshare(CloneFlags::CLONE_FS).ok()?;
+                    umask(forbidden);
+                    Some(socket.bind(addr))
+                })
+                .map(|thread| thread.join())
+        });
+        match attempt {
+            Ok(Ok(Some(result))) => return result,
+            Ok(Err(panic)) => std::panic::resume_unwind(panic),
+            // No thread, or no private umask: the fallback below.
+            Ok(Ok(None)) | Err(_) => {}
+        }
+    }
+    let _serialised = PROCESS_UMASK.lock().unwrap_or_else(PoisonError::into_inner);
+    // Read the umask by setting the most restrictive one; then only ever tighten it.
+    let old = umask(Mode::S_IRWXU | Mode::S_IRWXG | Mode::S_IRWXO);
+    umask(old | forbidden);
+    let result = socket.bind(addr);
+    umask(old);
+    result
+}
+
+/// Identify the socket file just bound at `name` in `dir` and give it `mode` if the umask or
+/// an ACL made it differ. `Err(None)`: something else is there already.
+fn record(
+    dir: OwnedFd,
+    name: &OsStr,
+    path: &Path,
+    mode: u32,
+) -> Result<CreatedPath, Option<io::Error>> {
+    let st = stat_at(&dir, name).map_err(|_| None)?;
+    if !is_socket(&st) {
+        return Err(None);
+    }
+    // From here on, an error drops `created`, which removes the file.
+    let mut created = CreatedPath {
+        dir,
+        name: name.to_owned(),
+        id: FileId::of(&st),
+        path: path.to_owned(),
+        kept: false,
     };
-    if !meta.file_type().is_socket() {
-        let what = if meta.is_file() {
-            "a regular file is there"
-        } else if meta.is_dir() {
-            "a directory is there"
-        } else if meta.file_type().is_symlink() {
-            "a symbolic link is there"
-        } else {
-            "something that is not a socket is there"
+    if st.st_mode & 0o7777 != mode {
+        // Follows a symlink, but a socket was there a moment ago (see the residuals).
+        let wanted = Mode::from_bits_truncate(mode);
+        fchmodat(&created.dir, name, wanted, FchmodatFlags::FollowSymlink)
+            .map_err(|e| Some(e.into()))?;
+        let st = stat_at(&created.dir, name).map_err(|_| None)?;
+        if !is_socket(&st) {
+            return Err(None);
+        }
+        created.id = FileId::of(&st);
+    }
+    Ok(created)
+}
+
+/// Remove `name` in `dir` (`path`) if it is a socket nobody listens on; refuse anything else
+/// that is there.
+fn remove_stale(
+    dir: &OwnedFd,
+    name: &OsStr,
+    path: &Path,
+    ty: Type,
+    spec: &SocketSpec,
+) -> Result<(), Error> {
+    let st = match stat_at(dir, name) {
+        Ok(st) => st,
+        Err(Errno::ENOENT) => return Ok(()),
+        Err(e) => return Err(socket_error("inspect", spec, e.into())),
+    };
+    if !is_socket(&st) {
+        let what = match SFlag::from_bits_truncate(st.st_mode & SFlag::S_IFMT.bits()) {
+            SFlag::S_IFREG => "a regular file is there",
+            SFlag::S_IFDIR => "a directory is there",
+            SFlag::S_IFLNK => "a symbolic link is there",
+            _ => "something that is not a socket is there",
         };
         return Err(Error::PathInUse {
             path: path.to_owned(),
@@ -225,23 +401,44 @@ fn remove_stale(path: &Path, ty: Type, spec: &SocketSpec) -> Result<(), Error> {
         });
     }
     let probe = new_socket(Domain::UNIX, ty, spec)?;
+    // A listener whose backlog is full would block a connect until it accepts: never wait.
+    probe
+        .set_nonblocking(true)
+        .map_err(|e| socket_error("probe", spec, e))?;
     let addr = SockAddr::unix(path).map_err(|e| socket_error("probe", spec, e))?;
-    match probe.connect(&addr) {
-        Ok(()) => Err(Error::PathInUse {
-            path: path.to_owned(),
-            what: "another process is listening on this socket",
-        }),
-        Err(e) if e.raw_os_error() == Some(libc::ECONNREFUSED) => std::fs::remove_file(path)
-            .or_else(|e| match e.kind() {
-                io::ErrorKind::NotFound => Ok(()),
-                _ => Err(e),
-            })
-            .map_err(|e| socket_error("remove the stale socket", spec, e)),
-        Err(e) if e.raw_os_error() == Some(libc::EPROTOTYPE) => Err(Error::PathInUse {
+    let listening = Error::PathInUse {
+        path: path.to_owned(),
+        what: "another process is listening on this socket",
+    };
+    match probe.connect(&addr).map_err(|e| e.raw_os_error()) {
+        Ok(()) | Err(Some(libc::EAGAIN | libc::EINPROGRESS)) => Err(listening),
+        Err(Some(libc::ECONNREFUSED)) => {
+            // Only the stale socket just probed, not whatever may have replaced it since.
+            match stat_at(dir, name) {
+                Ok(now)
+                    if is_socket(&now) && (now.st_dev, now.st_ino) == (st.st_dev, st.st_ino) =>
+                {
+                    match unlinkat(dir, name, UnlinkatFlags::NoRemoveDir) {
+                        Ok(()) | Err(Errno::ENOENT) => Ok(()),
+                        Err(e) => Err(socket_error("remove the stale socket", spec, e.into())),
+                    }
+                }
+                Err(Errno::ENOENT) => Ok(()),
+                _ => Err(appeared(path)),
+            }
+        }
+        Err(Some(libc::EPROTOTYPE)) => Err(Error::PathInUse {
             path: path.to_owned(),
             what: "a socket of another type is there",
         }),
-        Err(e) => Err(socket_error("probe the existing socket", spec, e)),
+        Err(e) => Err(socket_error(
+            "probe the existing socket",
+            spec,
+            e.map_or_else(
+                || io::Error::other("unknown error"),
+                io::Error::from_raw_os_error,
+            ),
+        )),
     }
 }
 
@@ -306,6 +503,7 @@ fn socket_error(action: &'static str, spec: &SocketSpec, source: io::Error) -> E
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
     use std::os::unix::net::{UnixListener, UnixStream};
 
     fn unix(path: &Path) -> SocketSpec {
@@ -330,7 +528,7 @@ mod tests {
         let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
         UnixStream::connect(&path).unwrap();
-        // nothing else was left in the directory (the private directory is gone)
+        // nothing else was created in the directory
         let entries: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
         assert_eq!(entries.len(), 1);
         drop(bound);
@@ -403,6 +601,212 @@ mod tests {
             err.to_string().contains("port 0 lets the kernel pick"),
             "{err}"
         );
+    }
+
+    /// The path the socket itself reports (`getsockname`), as the daemon sees it.
+    fn sockname(fd: &OwnedFd) -> Option<PathBuf> {
+        let addr = socket2::SockRef::from(fd).local_addr().unwrap();
+        addr.as_pathname().map(Path::to_owned)
+    }
+
+    fn mode_of(path: &Path) -> u32 {
+        std::fs::symlink_metadata(path)
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o7777
+    }
+
+    #[test]
+    fn the_socket_reports_the_path_it_was_asked_for_with_the_mode_asked_for() {
+        let dir = tempfile::tempdir().unwrap();
+        for (transport, mode) in [
+            (Transport::Stream, DEFAULT_UNIX_MODE),
+            (Transport::Stream, 0o660),
+            (Transport::Datagram, 0o600),
+            (Transport::SeqPacket, 0o666),
+        ] {
+            let path = dir.path().join(format!("{transport:?}-{mode:o}.sock"));
+            let bound = bind(&unix(&path).transport(transport), 8, mode).unwrap();
+            // What libsystemd's sd_is_socket_unix() and lighttpd's server.bind compare with.
+            assert_eq!(
+                sockname(&bound.fd).as_deref(),
+                Some(path.as_path()),
+                "{transport:?}"
+            );
+            assert_eq!(bound.address, Address::Unix(path.clone()));
+            assert_eq!(mode_of(&path), mode, "{transport:?}");
+            assert!(
+                std::fs::symlink_metadata(&path)
+                    .unwrap()
+                    .file_type()
+                    .is_socket()
+            );
+        }
+    }
+
+    /// Run `f` in a thread whose umask is its own, set to `mask` (None: `unshare` refused).
+    fn with_own_umask<T: Send>(mask: u32, f: impl FnOnce() -> T + Send) -> Option<T> {
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                if let Err(e) = unshare(CloneFlags::CLONE_FS) {
+                    eprintln!("SKIPPED: unshare(CLONE_FS) refused here: {e}");
+                    return None;
+                }
+                umask(Mode::from_bits_truncate(mask));
+                Some(f())
+            })
+            .join()
+            .unwrap()
+        })
+    }
+
+    fn current_umask() -> u32 {
+        let old = umask(Mode::empty());
+        umask(old);
+        old.bits()
+    }
+
+    /// The mode the kernel gave the file at `bind`, before anything could `chmod` it.
+    fn mode_at_bind(path: &Path, mode: u32, private: bool) -> u32 {
+        let socket = Socket::new(Domain::UNIX, Type::STREAM, None).unwrap();
+        bind_restricted(&socket, &SockAddr::unix(path).unwrap(), mode, private).unwrap();
+        mode_of(path)
+    }
+
+    #[test]
+    fn under_a_permissive_umask_the_file_is_born_with_the_mode_asked_for() {
+        let dir = tempfile::tempdir().unwrap();
+        let checked = with_own_umask(0, || {
+            for private in [true, false] {
+                for mode in [0o600, 0o660, 0o644] {
+                    let path = dir.path().join(format!("{private}-{mode:o}"));
+                    assert_eq!(mode_at_bind(&path, mode, private), mode, "{path:?}");
+                    assert_eq!(current_umask(), 0, "the caller's umask was not restored");
+                }
+            }
+        });
+        if checked.is_some() {
+            // The final file, through the whole path, under umask 0.
+            let path = dir.path().join("full.sock");
+            let bound = with_own_umask(0, || bind(&unix(&path), 8, 0o600).unwrap()).unwrap();
+            assert_eq!(mode_of(&path), 0o600);
+            drop(bound);
+        }
+    }
+
+    #[test]
+    fn the_fallback_only_tightens_the_umask_and_chmods_up_to_the_mode() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.sock");
+        let Some(born) = with_own_umask(0o027, || {
+            let born = mode_at_bind(&path, 0o666, false);
+            assert_eq!(
+                current_umask(),
+                0o027,
+                "the caller's umask was not restored"
+            );
+            born
+        }) else {
+            return;
+        };
+        // 0666 asked, 027 in force: born 0640 (never more than either allows) ...
+        assert_eq!(born, 0o640);
+        // ... then widened to exactly the mode asked.
+        let parent = open_dir(dir.path(), dir.path()).unwrap();
+        let created = record(parent, OsStr::new("s.sock"), &path, 0o666).unwrap();
+        assert_eq!(mode_of(&path), 0o666);
+        drop(created);
+        assert!(!path.exists(), "the socket chmod'ed by us is still ours");
+    }
+
+    #[test]
+    fn drop_keeps_a_regular_file_that_replaced_our_socket() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.sock");
+        let bound = bind(&unix(&path), 8, DEFAULT_UNIX_MODE).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        std::fs::write(&path, "precious").unwrap();
+        drop(bound);
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "precious");
+    }
+
+    #[test]
+    fn drop_keeps_another_programs_socket_that_replaced_ours() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.sock");
+        let bound = bind(&unix(&path), 8, DEFAULT_UNIX_MODE).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        let theirs = UnixListener::bind(&path).unwrap();
+        drop(bound);
+        assert!(path.exists(), "another program's live socket was deleted");
+        UnixStream::connect(&path).expect("their socket still answers");
+        drop(theirs);
+    }
+
+    #[test]
+    fn drop_follows_no_symlink_that_replaced_the_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let ours = dir.path().join("ours");
+        std::fs::create_dir(&ours).unwrap();
+        let bound = bind(&unix(&ours.join("s.sock")), 8, DEFAULT_UNIX_MODE).unwrap();
+        // The directory moves away, and a symlink to another directory takes its name; that
+        // directory holds a file with the socket's name.
+        let moved = dir.path().join("moved");
+        std::fs::rename(&ours, &moved).unwrap();
+        let elsewhere = dir.path().join("elsewhere");
+        std::fs::create_dir(&elsewhere).unwrap();
+        std::fs::write(elsewhere.join("s.sock"), "not yours").unwrap();
+        std::os::unix::fs::symlink(&elsewhere, &ours).unwrap();
+        drop(bound);
+        assert_eq!(
+            std::fs::read_to_string(elsewhere.join("s.sock")).unwrap(),
+            "not yours"
+        );
+        // The very socket we created, in the directory it was created in, is gone.
+        assert!(!moved.join("s.sock").exists());
+    }
+
+    #[test]
+    fn a_live_socket_with_a_full_backlog_is_in_use_and_the_probe_does_not_hang() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("busy.sock");
+        let addr = SockAddr::unix(&path).unwrap();
+        let listener = Socket::new(Domain::UNIX, Type::STREAM, None).unwrap();
+        listener.bind(&addr).unwrap();
+        listener.listen(0).unwrap();
+        // Fill the queue: clients that nobody accepts, until the kernel says it is full.
+        let mut clients = Vec::new();
+        let mut full = false;
+        for _ in 0..16 {
+            let client = Socket::new(Domain::UNIX, Type::STREAM, None).unwrap();
+            client.set_nonblocking(true).unwrap();
+            match client.connect(&addr) {
+                Ok(()) => clients.push(client),
+                Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => {
+                    full = true;
+                    break;
+                }
+                Err(e) => panic!("unexpected connect error {e}"),
+            }
+        }
+        assert!(full, "the backlog never filled up");
+        let (tx, rx) = std::sync::mpsc::channel();
+        let spec = unix(&path);
+        std::thread::spawn(move || {
+            let _ = tx.send(bind(&spec, 8, DEFAULT_UNIX_MODE).map(drop));
+        });
+        let result = rx
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .expect("binding over a live socket with a full backlog hung");
+        let err = result.unwrap_err();
+        assert!(
+            err.to_string().contains("another process is listening"),
+            "{err}"
+        );
+        assert_eq!(err.exit_code(), 3);
+        assert!(path.exists(), "the live socket was deleted");
+        drop((listener, clients));
     }
 
     #[test]
