@@ -14,7 +14,7 @@ use crate::capture::{Capture, Writers};
 use crate::error::Error;
 use crate::launched::{Launched, Readiness};
 use crate::process::{Child, Gate, Plan};
-use crate::sockets::{CreatedPath, LaunchedSocket, SocketSet, SocketSpec};
+use crate::sockets::{BoundSockets, CreatedPath, LaunchedSocket, SocketSet, SocketSpec};
 use crate::supervisor::notify::{NOTIFY_SOCKET, NotifySocket};
 use crate::supervisor::{Signals, Wait};
 
@@ -611,6 +611,48 @@ impl Launch {
 
     /// Bind the sockets and build the spawn plan; nothing runs yet.
     pub(crate) fn prepare(self) -> Result<Prepared, Error> {
+        let bound = self.bind_sockets()?;
+        self.prepare_bound(bound)
+    }
+
+    /// Bind this launch's sockets (none in inetd mode): the first half of
+    /// [`prepare`](Launch::prepare), which a stack does for every daemon before any starts.
+    pub(crate) fn bind_sockets(&self) -> Result<Option<BoundSockets>, Error> {
+        if self.inetd.is_some() {
+            if !self.sockets.is_empty() {
+                return Err(Error::Conflict(
+                    "inetd mode passes the connection on stdin/stdout and no sockets: \
+                     drop the listen/fd sockets or the inetd connection",
+                ));
+            }
+            return Ok(None);
+        }
+        self.sockets.clone().bind().map(Some)
+    }
+
+    /// Expand the templates (`${NAME.addr}`, ...) of the program, the arguments and the
+    /// environment values; the error names the key (`command[1]`, `env.API_URL`) and why.
+    #[allow(dead_code)] // used by stacks (next commit)
+    pub(crate) fn expand_templates(
+        &mut self,
+        addresses: &crate::template::Addresses<'_>,
+    ) -> Result<(), (String, String)> {
+        use crate::template::expand;
+        self.program = expand(&self.program, addresses).map_err(|e| ("command[0]".into(), e))?;
+        for (i, arg) in self.args.iter_mut().enumerate() {
+            *arg = expand(arg, addresses).map_err(|e| (format!("command[{}]", i + 1), e))?;
+        }
+        for (k, v) in self.env.iter_mut() {
+            if let Some(v) = v {
+                *v = expand(v, addresses)
+                    .map_err(|e| (format!("env.{}", k.to_string_lossy()), e))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The second half of [`prepare`](Launch::prepare), with sockets bound already.
+    pub(crate) fn prepare_bound(self, bound: Option<BoundSockets>) -> Result<Prepared, Error> {
         let Launch {
             program,
             args,
@@ -627,22 +669,12 @@ impl Launch {
             ready,
             signals,
         } = self;
+        let _ = sockets; // bound by the caller
         let announce = inetd.is_none();
         if let Some(conn) = inetd {
-            if !sockets.is_empty() {
-                return Err(Error::Conflict(
-                    "inetd mode passes the connection on stdin/stdout and no sockets: \
-                     drop the listen/fd sockets or the inetd connection",
-                ));
-            }
             stdio[0] = Stdio(StdioKind::Fd(Arc::clone(&conn)));
             stdio[1] = Stdio(StdioKind::Fd(conn));
         }
-        let bound = if announce {
-            Some(sockets.bind()?)
-        } else {
-            None
-        };
 
         let mut vars: Vec<(OsString, OsString)> = if env_clear {
             Vec::new()

@@ -63,6 +63,7 @@ pub mod restart;
 mod shared;
 pub mod sockets;
 pub mod supervisor;
+mod template;
 
 pub use error::Error;
 pub use launch::{Held, Launch, Stdio, cargo_bin};

@@ -38,8 +38,8 @@ pub(crate) enum Key {
     Listener(usize),
     /// The stop channel of an acceptor.
     Stop,
-    /// A readiness probe's connection.
-    Probe,
+    /// The readiness check of daemon `i` (of several waited for at once).
+    Ready(usize),
 }
 
 /// One thing that happened.

@@ -172,15 +172,44 @@ pub(crate) fn wait_ready(
     child: &mut Child,
     deadline: Instant,
 ) -> Result<(), NotReady> {
-    let strategy = Strategy::new(wait, probes).map_err(NotReady::Failed)?;
-    let mut policy = WaitReady {
-        strategy,
+    let mut one = [Pending {
+        wait,
+        probes,
         child,
         deadline,
-    };
+    }];
+    wait_all_ready(signals, &mut one).map_err(|(_, why)| why)
+}
+
+/// One daemon to wait for.
+pub(crate) struct Pending<'a, 'b> {
+    pub(crate) wait: &'a Wait,
+    pub(crate) probes: Probes<'a>,
+    pub(crate) child: &'b mut Child,
+    pub(crate) deadline: Instant,
+}
+
+/// Wait, in one loop, until every daemon of `pending` is ready by its own strategy. The
+/// first that exits or misses its deadline ends the wait, with its index (a stop signal:
+/// index `usize::MAX`); signals other than stop signals go to every daemon meanwhile.
+pub(crate) fn wait_all_ready(
+    signals: Option<&Signals>,
+    pending: &mut [Pending<'_, '_>],
+) -> Result<(), (usize, NotReady)> {
+    let mut entries = Vec::with_capacity(pending.len());
+    for (i, p) in pending.iter_mut().enumerate() {
+        let strategy = Strategy::new(p.wait, p.probes).map_err(|e| (i, NotReady::Failed(e)))?;
+        entries.push(Entry {
+            strategy,
+            child: &mut *p.child,
+            deadline: p.deadline,
+            ready: false,
+        });
+    }
+    let mut policy = WaitAll { entries };
     match run(signals, &mut policy) {
         Ok(outcome) => outcome,
-        Err(e) => Err(NotReady::Failed(e)),
+        Err(e) => Err((usize::MAX, NotReady::Failed(e))),
     }
 }
 
@@ -347,13 +376,14 @@ fn accept_queue(listener: RawFd) -> io::Result<u32> {
     Ok(info.tcpi_unacked)
 }
 
-struct WaitReady<'a> {
+struct Entry<'a, 'b> {
     strategy: Strategy<'a>,
-    child: &'a mut Child,
+    child: &'b mut Child,
     deadline: Instant,
+    ready: bool,
 }
 
-impl WaitReady<'_> {
+impl Entry<'_, '_> {
     /// Look at the strategy's source; `true` when the daemon is ready.
     fn check(&mut self, readable: bool) -> Result<bool, Error> {
         let os = |context| move |source| Error::Os { context, source };
@@ -468,65 +498,117 @@ fn status_is_2xx(reply: &[u8]) -> bool {
         && matches!(parts.next(), Some([b'2', _, _]))
 }
 
-impl Policy for WaitReady<'_> {
-    type Output = Result<(), NotReady>;
-
-    fn watch(&self, watch: &mut Watch) {
+impl Entry<'_, '_> {
+    fn watch(&self, i: usize, watch: &mut Watch) {
         match &self.strategy {
-            Strategy::Notify(notify) => watch.add(Key::Notify, notify.raw_fd()),
-            Strategy::Log { capture, .. } => watch.add(Key::Notify, capture.wake_fd()),
+            Strategy::Notify(notify) => watch.add(Key::Ready(i), notify.raw_fd()),
+            Strategy::Log { capture, .. } => watch.add(Key::Ready(i), capture.wake_fd()),
             Strategy::Http {
                 probe: Some((socket, _, sent)),
                 request,
                 ..
             } => {
                 if *sent < request.len() {
-                    watch.add_writable(Key::Probe, socket.as_raw_fd());
+                    watch.add_writable(Key::Ready(i), socket.as_raw_fd());
                 } else {
-                    watch.add(Key::Probe, socket.as_raw_fd());
+                    watch.add(Key::Ready(i), socket.as_raw_fd());
                 }
             }
             _ => {}
         }
-        if let Some(fd) = self.child.pidfd() {
-            watch.add(Key::Child(self.child.pid()), fd);
-        }
     }
 
-    fn deadline(&self) -> Option<Instant> {
+    fn next(&self) -> Instant {
         let sample = match &self.strategy {
             Strategy::Http { retry_at, .. } => *retry_at,
             Strategy::Accepted { sample_at, .. } => Some(*sample_at),
             _ => None,
         };
-        Some(sample.map_or(self.deadline, |t| t.min(self.deadline)))
+        sample.map_or(self.deadline, |t| t.min(self.deadline))
+    }
+}
+
+struct WaitAll<'a, 'b> {
+    entries: Vec<Entry<'a, 'b>>,
+}
+
+impl WaitAll<'_, '_> {
+    /// Mark entry `i` ready if its strategy says so; `Some` ends the wait.
+    fn check(&mut self, i: usize, readable: bool) -> Option<Result<(), (usize, NotReady)>> {
+        match self.entries[i].check(readable) {
+            Ok(true) => {
+                self.entries[i].ready = true;
+                self.entries.iter().all(|e| e.ready).then_some(Ok(()))
+            }
+            Ok(false) => None,
+            Err(e) => Some(Err((i, NotReady::Failed(e)))),
+        }
+    }
+}
+
+impl Policy for WaitAll<'_, '_> {
+    type Output = Result<(), (usize, NotReady)>;
+
+    fn watch(&self, watch: &mut Watch) {
+        for (i, e) in self.entries.iter().enumerate() {
+            if !e.ready {
+                e.watch(i, watch);
+            }
+            if let Some(fd) = e.child.pidfd() {
+                watch.add(Key::Child(e.child.pid()), fd);
+            }
+        }
+    }
+
+    fn deadline(&self) -> Option<Instant> {
+        self.entries
+            .iter()
+            .filter(|e| !e.ready)
+            .map(Entry::next)
+            .min()
     }
 
     fn handle(&mut self, event: Event) -> Result<Option<Self::Output>, Error> {
         let os = |context| move |source| Error::Os { context, source };
-        let check = |this: &mut Self, readable| match this.check(readable) {
-            Ok(true) => Ok(Some(Ok(()))),
-            Ok(false) => Ok(None),
-            Err(e) => Ok(Some(Err(NotReady::Failed(e)))),
-        };
         match event {
-            Event::Readable(Key::Child(_)) => Ok(self
-                .child
-                .try_wait()
-                .map_err(os("wait for the daemon"))?
-                .map(|status| Err(NotReady::Exited(status)))),
-            Event::Readable(_) => check(self, true),
+            Event::Readable(Key::Child(pid)) => {
+                let Some(i) = self.entries.iter().position(|e| e.child.pid() == pid) else {
+                    return Ok(None);
+                };
+                let status = self.entries[i]
+                    .child
+                    .try_wait()
+                    .map_err(os("wait for the daemon"))?;
+                Ok(status.map(|status| Err((i, NotReady::Exited(status)))))
+            }
+            Event::Readable(Key::Ready(i)) => Ok(self.check(i, true)),
+            Event::Readable(_) => Ok(None),
             Event::Signal(sig) if STOPPING.contains(&sig) => {
-                Ok(Some(Err(NotReady::Interrupted(sig))))
+                Ok(Some(Err((usize::MAX, NotReady::Interrupted(sig)))))
             }
             Event::Signal(sig) => {
                 if super::FORWARDED.contains(&sig) {
-                    self.child.forward(sig).map_err(os("forward a signal"))?;
+                    for e in &self.entries {
+                        e.child.forward(sig).map_err(os("forward a signal"))?;
+                    }
                 }
                 Ok(None)
             }
-            Event::Deadline if Instant::now() >= self.deadline => Ok(Some(Err(NotReady::Timeout))),
-            Event::Deadline => check(self, false),
+            Event::Deadline => {
+                let now = Instant::now();
+                for i in 0..self.entries.len() {
+                    if self.entries[i].ready {
+                        continue;
+                    }
+                    if now >= self.entries[i].deadline {
+                        return Ok(Some(Err((i, NotReady::Timeout))));
+                    }
+                    if let Some(done) = self.check(i, false) {
+                        return Ok(Some(done));
+                    }
+                }
+                Ok(None)
+            }
         }
     }
 }
