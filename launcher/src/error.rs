@@ -208,6 +208,33 @@ pub enum Error {
         /// Where it was looked for.
         looked: PathBuf,
     },
+    /// A stack file could not be read or parsed (`sd-launch --stack`).
+    #[error("{path}: {reason}")]
+    StackFile {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong, with the line and column when it is the TOML.
+        reason: String,
+    },
+    /// A template of a stack daemon (or the daemon's name) is wrong; nothing was started.
+    #[error("daemon {daemon}: {key}: {reason}")]
+    Template {
+        /// The daemon.
+        daemon: String,
+        /// Where: `command[1]`, `env.API_URL`, `name`.
+        key: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// One daemon of a stack failed (to start, or to become ready): every daemon of the
+    /// stack was stopped.
+    #[error("daemon {daemon}: {source}")]
+    Stack {
+        /// The daemon.
+        daemon: String,
+        /// What went wrong with it.
+        source: Box<Error>,
+    },
     /// Options that cannot be combined.
     #[error("{0}")]
     Conflict(&'static str),
@@ -276,6 +303,8 @@ impl Error {
             | Error::EnvName { .. }
             | Error::NoSuchSocket { .. }
             | Error::Pattern { .. }
+            | Error::Template { .. }
+            | Error::StackFile { .. }
             | Error::Conflict(_) => 2,
             Error::Socket { .. } | Error::PathInUse { .. } | Error::NoDirectory { .. } => 3,
             Error::Spawn { .. }
@@ -283,6 +312,12 @@ impl Error {
             | Error::Stdio { .. }
             | Error::BeforeExec { .. } => 4,
             Error::Exited { .. } => 5,
+            // A daemon of a stack that failed to start or to become ready is 5 (its
+            // sockets not bound: 3); mistakes of the description are `Template` (2).
+            Error::Stack { source, .. } => match source.exit_code() {
+                3 => 3,
+                _ => 5,
+            },
             Error::ReadyTimeout { .. } => 6,
             Error::NotExecutable { .. } => 126,
             Error::NotFound { .. } | Error::NotBuilt { .. } => 127,

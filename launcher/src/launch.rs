@@ -615,6 +615,11 @@ impl Launch {
         self.prepare_bound(bound)
     }
 
+    /// Check every listen address without binding anything.
+    pub(crate) fn check_addresses(&self) -> Result<(), Error> {
+        self.sockets.specs().map(drop)
+    }
+
     /// Bind this launch's sockets (none in inetd mode): the first half of
     /// [`prepare`](Launch::prepare), which a stack does for every daemon before any starts.
     pub(crate) fn bind_sockets(&self) -> Result<Option<BoundSockets>, Error> {
@@ -632,7 +637,6 @@ impl Launch {
 
     /// Expand the templates (`${NAME.addr}`, ...) of the program, the arguments and the
     /// environment values; the error names the key (`command[1]`, `env.API_URL`) and why.
-    #[allow(dead_code)] // used by stacks (next commit)
     pub(crate) fn expand_templates(
         &mut self,
         addresses: &crate::template::Addresses<'_>,
@@ -809,6 +813,35 @@ impl Prepared {
             self.sockets.len()
         );
         Ok(spawned)
+    }
+
+    /// Like [`child`](Prepared::child), with the plan's readiness wait attached (copies of
+    /// the notify socket and of our sockets), for [`Launched::wait_ready`] and the stack's
+    /// wait for all.
+    pub(crate) fn child_with_ready(&self, child: Child) -> Result<Launched, Error> {
+        let os = |source| Error::Os {
+            context: "copy the sockets for a readiness wait",
+            source,
+        };
+        let notify = self
+            .notify
+            .as_ref()
+            .map(NotifySocket::try_clone)
+            .transpose()
+            .map_err(os)?;
+        let listeners = self
+            ._fds
+            .iter()
+            .map(OwnedFd::try_clone)
+            .collect::<Result<_, _>>()
+            .map_err(os)?;
+        let ready = self.ready.clone().map(|(wait, timeout)| Readiness {
+            wait,
+            timeout,
+            signals: self.signals.clone(),
+            listeners,
+        });
+        Ok(self.child(child).with_notify(notify).with_ready(ready))
     }
 
     /// A handle for a child of this plan that shares its sockets with later children: no

@@ -536,9 +536,78 @@ pub(crate) fn wait_ready(
     };
     let outcome = wait_for_ready(signals, wait, probes, child, deadline);
     let Err(why) = outcome else { return Ok(()) };
+    Err(not_ready(daemon, wait, timeout, why))
+}
+
+/// Wait, in one loop, until every daemon of `daemons` that was launched with a readiness
+/// wait is ready; on failure the index of the daemon that failed (`None` for a stop signal)
+/// and the error. Daemons are not killed here: the caller stops the whole set.
+pub(crate) fn wait_all_ready(
+    daemons: &mut [Launched],
+    signals: Option<&Signals>,
+) -> Result<(), (Option<usize>, Error)> {
+    use crate::supervisor::ready::{Pending, wait_all_ready};
+    let plans: Vec<(usize, Readiness, Option<NotifySocket>)> = daemons
+        .iter_mut()
+        .enumerate()
+        .filter_map(|(i, d)| d.ready.take().map(|r| (i, r, d.notify.take())))
+        .collect();
+    let listeners: Vec<Vec<RawFd>> = plans
+        .iter()
+        .map(|(_, r, _)| r.listeners.iter().map(AsRawFd::as_raw_fd).collect())
+        .collect();
+    let start = Instant::now();
+    let mut pending = Vec::with_capacity(plans.len());
+    let mut next = plans.iter().zip(&listeners).peekable();
+    for (i, d) in daemons.iter_mut().enumerate() {
+        let Some(((_, ready, notify), listeners)) = next.next_if(|((j, _, _), _)| *j == i) else {
+            continue;
+        };
+        let Launched {
+            child,
+            capture,
+            sockets,
+            ..
+        } = d;
+        pending.push(Pending {
+            wait: &ready.wait,
+            probes: Probes {
+                notify: notify.as_ref(),
+                capture: capture.as_ref(),
+                sockets,
+                listeners,
+            },
+            child,
+            deadline: start + ready.timeout,
+        });
+    }
+    let outcome = wait_all_ready(signals, &mut pending);
+    drop(pending);
+    let Err((k, why)) = outcome else {
+        return Ok(());
+    };
+    let Some((i, ready, _)) = plans.get(k) else {
+        let program = "the stack".to_owned();
+        return Err((
+            None,
+            match why {
+                NotReady::Interrupted(signal) => Error::Interrupted { program, signal },
+                NotReady::Failed(e) => e,
+                _ => Error::Conflict("a readiness wait failed"),
+            },
+        ));
+    };
+    Err((
+        Some(*i),
+        not_ready(&mut daemons[*i], &ready.wait, ready.timeout, why),
+    ))
+}
+
+/// The error for a daemon that did not become ready; the daemon is killed and reaped.
+fn not_ready(daemon: &mut Launched, wait: &Wait, timeout: Duration, why: NotReady) -> Error {
     let _ = daemon.kill();
     let program = daemon.program().to_owned();
-    Err(match why {
+    match why {
         NotReady::Exited(status) => daemon.exited(status, "before it was ready"),
         NotReady::Timeout => Error::ReadyTimeout {
             program,
@@ -548,7 +617,7 @@ pub(crate) fn wait_ready(
         },
         NotReady::Interrupted(signal) => Error::Interrupted { program, signal },
         NotReady::Failed(e) => e,
-    })
+    }
 }
 
 /// The IP address of `sockets[index]`; panics (a test's mistake) when there is none.

@@ -41,7 +41,8 @@
 //! 4. `launch` and `launched`: the [`Launch`] builder and the [`Launched`] handle a test
 //!    holds (drop stops everything it owns); [`Shared`]: one daemon for a whole test binary;
 //! 5. the modes built on handles and the loop: [`restart`] (a [`Service`](restart::Service)
-//!    whose sockets outlive its daemons) and [`accept`] (one daemon per connection).
+//!    whose sockets outlive its daemons), [`accept`] (one daemon per connection) and
+//!    [`stack`] (daemons started at once, each told the others' addresses).
 //!
 //! Feature `tokio`: [`Launch::spawn_async`] and [`Launched::wait_async`] for async tests.
 //!
@@ -62,6 +63,7 @@ mod process;
 pub mod restart;
 mod shared;
 pub mod sockets;
+pub mod stack;
 pub mod supervisor;
 mod template;
 
@@ -70,4 +72,5 @@ pub use launch::{Held, Launch, Stdio, cargo_bin};
 pub use launched::Launched;
 pub use shared::Shared;
 pub use sockets::{Address, LaunchedSocket, SocketKind, SocketSpec, Transport};
+pub use stack::{RunningStack, Stack};
 pub use supervisor::Wait;

@@ -56,6 +56,14 @@ impl NotifySocket {
         Err(last.expect("16 tries"))
     }
 
+    /// A second handle on the same socket (for each daemon of a restartable stack member).
+    pub(crate) fn try_clone(&self) -> io::Result<NotifySocket> {
+        Ok(NotifySocket {
+            socket: self.socket.try_clone()?,
+            name: self.name.clone(),
+        })
+    }
+
     /// The value of `NOTIFY_SOCKET`.
     pub(crate) fn address(&self) -> &str {
         &self.name

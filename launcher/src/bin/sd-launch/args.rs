@@ -106,9 +106,22 @@ pub(crate) struct Args {
     #[arg(long, value_name = "FILE", conflicts_with = "outfile")]
     pub(crate) stderr: Option<PathBuf>,
 
-    /// Prefix of the printed variable names.
-    #[arg(long, value_name = "PFX", default_value = "LAUNCHED_")]
-    pub(crate) prefix: String,
+    /// Prefix of the printed variable names (default LAUNCHED_; with --stack, nothing
+    /// before each daemon's NAME_).
+    #[arg(long, value_name = "PFX")]
+    pub(crate) prefix: Option<String>,
+
+    /// Start the daemons of a stack file (TOML, see the README): every socket of every
+    /// daemon is bound first, then all start at once, each told the others' addresses
+    /// (${NAME.addr}, ${NAME.port}, ${NAME.path}). Prints NAME_PORT, NAME_PID, ... per
+    /// daemon and LAUNCHED_PID of the stack's supervisor, which keeps running: kill it to
+    /// stop every daemon. With --foreground it stays in front.
+    #[arg(
+        long,
+        value_name = "FILE",
+        conflicts_with_all = ["accept", "restart", "ready", "ready_when", "listen", "fdname", "datagram", "seqpacket", "setenv", "no_pid", "outfile", "stdout", "stderr"]
+    )]
+    pub(crate) stack: Option<PathBuf>,
 
     /// Output format: env (KEY=value lines) or json.
     #[arg(long, value_name = "FORMAT", default_value = "env", value_parser = parse_format)]
@@ -194,7 +207,8 @@ pub(crate) struct Args {
 
     /// The daemon and its arguments.
     #[arg(
-        required = true,
+        required_unless_present = "stack",
+        conflicts_with = "stack",
         trailing_var_arg = true,
         value_name = "PROGRAM [ARGS]..."
     )]
@@ -212,6 +226,8 @@ pub(crate) enum Mode {
     Restart(Restart),
     /// One daemon per connection.
     Accept(Pass),
+    /// A stack of daemons from a file.
+    Stack,
 }
 
 impl Args {
@@ -237,6 +253,15 @@ fn parse_mode(s: &str) -> Result<u32, String> {
 }
 
 impl Args {
+    /// The prefix of the printed names.
+    pub(crate) fn prefix(&self) -> &str {
+        match (&self.prefix, &self.stack) {
+            (Some(p), _) => p,
+            (None, Some(_)) => "",
+            (None, None) => "LAUNCHED_",
+        }
+    }
+
     /// Whether sd-launch waits until the daemon is ready.
     pub(crate) fn waits(&self) -> bool {
         self.ready.is_some() || self.ready_when.is_some()
@@ -248,7 +273,9 @@ impl Args {
 
     /// The mode these options ask for.
     pub(crate) fn mode(&self) -> Mode {
-        if self.accept {
+        if self.stack.is_some() {
+            Mode::Stack
+        } else if self.accept {
             Mode::Accept(if self.inetd { Pass::Inetd } else { Pass::Fd })
         } else if let Some(policy) = &self.restart {
             Mode::Restart(policy.parse().expect("clap checked the value"))

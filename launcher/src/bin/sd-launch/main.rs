@@ -5,6 +5,7 @@
 mod args;
 mod logging;
 mod output;
+mod stack;
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -41,6 +42,7 @@ fn run(args: &Args) -> Result<i32, Error> {
         Mode::Foreground => foreground(args),
         Mode::Restart(policy) => restart(args, policy),
         Mode::Accept(pass) => accept(args, pass),
+        Mode::Stack => stack::run(args),
     }
 }
 
@@ -125,7 +127,7 @@ fn accept(args: &Args, pass: Pass) -> Result<i32, Error> {
 
 /// Write the launch's output to stdout in one piece.
 fn print(args: &Args, pid: u32, sockets: &[LaunchedSocket]) -> std::io::Result<()> {
-    let text = output::render(args.format, &args.prefix, pid, sockets);
+    let text = output::render(args.format, args.prefix(), pid, sockets);
     let mut stdout = std::io::stdout().lock();
     stdout.write_all(text.as_bytes())?;
     stdout.flush()

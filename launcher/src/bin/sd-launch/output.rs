@@ -89,7 +89,7 @@ fn env(prefix: &str, pid: u32, sockets: &[LaunchedSocket]) -> String {
     out
 }
 
-fn json(pid: u32, sockets: &[LaunchedSocket]) -> Value {
+pub(crate) fn json(pid: u32, sockets: &[LaunchedSocket]) -> Value {
     let sockets: Vec<Value> = sockets
         .iter()
         .map(|s| {
