@@ -633,7 +633,10 @@ impl Prepared {
     /// Start one child with the sockets (held before exec if `gate`).
     pub(crate) fn spawn_child(&mut self, gate: bool) -> Result<(libc::pid_t, Option<Gate>), Error> {
         self.plan.gate = gate;
-        let spawned = spawn::spawn(&mut self.plan)?;
+        // The pidfd taken at spawn is dropped here for now (Launched opens its own): wiring
+        // it into Launched is left to the integration of the process layer.
+        let (pid, _pidfd, held) = spawn::spawn(&mut self.plan)?;
+        let spawned = (pid, held);
         tracing::debug!(
             "started {} as pid {}{} with {} socket(s)",
             self.program,
