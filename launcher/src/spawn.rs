@@ -597,8 +597,12 @@ fn vfork(child: &mut Child<'_>) -> io::Result<(libc::pid_t, Option<OwnedFd>)> {
         // SAFETY: we are the vfork child and `child` was prepared for us.
         unsafe { child_main(child) }
     }
-    let mut stack = vec![0u8; CHILD_STACK];
-    // SAFETY: one past the end of the allocation; the stack grows down from there.
+    // Capacity only, never initialised: zeroing 256 KiB (and faulting in every page of it)
+    // would cost more than the rest of the spawn; the child touches only the top pages, and
+    // nothing here ever reads the memory.
+    let mut stack: Vec<u8> = Vec::with_capacity(CHILD_STACK);
+    // SAFETY: one past the end of the allocation (its capacity); the stack grows down from
+    // there.
     let top = unsafe { stack.as_mut_ptr().add(CHILD_STACK) };
     let top = ((top as usize) & !15) as *mut libc::c_void;
     let all = full_sigset();
