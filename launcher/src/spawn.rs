@@ -150,6 +150,9 @@ pub(crate) struct Plan {
     /// Test-only: pretend `close_range` (and `/proc`) are unavailable.
     #[cfg(test)]
     pub close_test: CloseTest,
+    /// Test-only: start without `CLONE_PIDFD`, as on a kernel that refuses it.
+    #[cfg(test)]
+    pub no_clone_pidfd: bool,
 }
 
 /// Test-only switch for the child's close step: which fallbacks to take.
@@ -230,6 +233,8 @@ impl Plan {
             foreground_tty: None,
             #[cfg(test)]
             close_test: CloseTest::Normal,
+            #[cfg(test)]
+            no_clone_pidfd: false,
         })
     }
 
@@ -534,6 +539,16 @@ struct Child<'a> {
     proc_self_fd: &'static CStr,
 }
 
+/// `CLONE_PIDFD`, except in the test of the fallback for kernels without it.
+fn pidfd_flag(plan: &Plan) -> libc::c_int {
+    #[cfg(test)]
+    if plan.no_clone_pidfd {
+        return 0;
+    }
+    let _ = plan;
+    libc::CLONE_PIDFD
+}
+
 /// A plain fork (`clone(SIGCHLD | CLONE_PIDFD)`), then [`child_main`] in the child; returns
 /// the child's pid and, if the kernel supports `CLONE_PIDFD`, its pidfd.
 ///
@@ -542,7 +557,7 @@ struct Child<'a> {
 /// and then execs or exits.
 fn fork(child: &mut Child<'_>) -> io::Result<(libc::pid_t, Option<OwnedFd>)> {
     let mut pidfd: libc::c_int = -1;
-    let mut flags = libc::SIGCHLD | libc::CLONE_PIDFD;
+    let mut flags = libc::SIGCHLD | pidfd_flag(child.plan);
     for _ in 0..2 {
         // SAFETY: clone without CLONE_VM, CLONE_SETTLS or a stack is fork: the child gets a
         // copy of our memory and continues here with a return value of 0. The argument order
@@ -611,7 +626,7 @@ fn vfork(child: &mut Child<'_>) -> io::Result<(libc::pid_t, Option<OwnedFd>)> {
     unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut old) };
     let arg = std::ptr::from_mut(child).cast::<libc::c_void>();
     let mut pidfd: libc::c_int = -1;
-    let mut flags = libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD | libc::CLONE_PIDFD;
+    let mut flags = libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD | pidfd_flag(child.plan);
     let mut result = Err(io::ErrorKind::Unsupported.into());
     for _ in 0..2 {
         // SAFETY: `entry` never returns (it execs or _exits); `top` is the 16-byte aligned top
@@ -1418,10 +1433,13 @@ mod tests {
 
     #[test]
     fn the_pidfd_is_taken_at_spawn_and_names_the_child() {
-        for gate in [false, true] {
+        // Both clones; and without CLONE_PIDFD (the pidfd_open fallback for kernels before
+        // 5.2).
+        for (gate, no_clone_pidfd) in [(false, false), (true, false), (false, true), (true, true)] {
             let mut plan =
                 Plan::new(OsStr::new("/bin/sleep"), &["30".into()], &[], false, None).unwrap();
             plan.gate = gate;
+            plan.no_clone_pidfd = no_clone_pidfd;
             let (pid, pidfd, held) = spawn(&mut plan).unwrap();
             let _reaper = Reaper(pid);
             let fdinfo =
@@ -1429,7 +1447,7 @@ mod tests {
                     .unwrap();
             assert!(
                 fdinfo.lines().any(|l| l == format!("Pid:\t{pid}")),
-                "gate {gate}: pidfd {} is not child {pid}:\n{fdinfo}",
+                "gate {gate}, no CLONE_PIDFD {no_clone_pidfd}: pidfd {} is not child {pid}:\n{fdinfo}",
                 pidfd.as_raw_fd()
             );
             assert_eq!(held.is_some(), gate);
