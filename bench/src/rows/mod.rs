@@ -1,4 +1,5 @@
-//! One module per row of issue 7 (and row 7, restarts, of issue 8). Each returns table rows
+//! One module per row of issue 7 (and row 7, restarts, of issue 8; row 8, spawn cost, of
+//! issue 14). Each returns table rows
 //! ([`crate::Row`]).
 
 pub mod launch;
@@ -8,3 +9,4 @@ pub mod races;
 pub mod receiver;
 pub mod restarts;
 pub mod serving;
+pub mod spawn;

@@ -34,14 +34,14 @@ impl Child {
     /// Start a child according to `plan`; with [`Plan::gate`] it is held before `execve`
     /// until the returned [`Gate`] is released.
     pub(crate) fn spawn(plan: &mut Plan) -> Result<(Child, Option<Gate>), Error> {
-        let spawned = spawn::spawn(plan)?;
+        let (pid, pidfd, gate) = spawn::spawn(plan)?;
         let child = Child {
-            pid: spawned.pid,
-            pidfd: Some(spawned.pidfd),
+            pid,
+            pidfd: Some(pidfd),
             group: plan.process_group,
             status: None,
         };
-        Ok((child, spawned.gate))
+        Ok((child, gate))
     }
 
     pub(crate) fn pid(&self) -> u32 {

@@ -196,6 +196,9 @@ pub(crate) fn wait_all_ready(
     signals: Option<&Signals>,
     pending: &mut [Pending<'_, '_>],
 ) -> Result<(), (usize, NotReady)> {
+    if pending.is_empty() {
+        return Ok(()); // nothing to wait for (the loop would wait for ever)
+    }
     let mut entries = Vec::with_capacity(pending.len());
     for (i, p) in pending.iter_mut().enumerate() {
         let strategy = Strategy::new(p.wait, p.probes).map_err(|e| (i, NotReady::Failed(e)))?;
