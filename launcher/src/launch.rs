@@ -104,6 +104,7 @@ pub struct Launch {
     sockets: SocketSet,
     with_pid: bool,
     kill_on_drop: bool,
+    kill_on_exit: bool,
     parent_death_signal: Option<i32>,
     process_group: bool,
     inetd: Option<OwnedFd>,
@@ -129,6 +130,7 @@ impl Launch {
             sockets: SocketSet::new(),
             with_pid: true,
             kill_on_drop: true,
+            kill_on_exit: true,
             parent_death_signal: None,
             process_group: true,
             inetd: None,
@@ -339,7 +341,8 @@ impl Launch {
     }
 
     /// Kill (`SIGKILL`) and reap the daemon when the [`Launched`] handle is dropped (default
-    /// `true`). With `false`, dropping the handle leaves the daemon running.
+    /// `true`). With `false`, dropping the handle leaves the daemon running until this
+    /// process ends ([`kill_on_exit`](Launch::kill_on_exit)).
     ///
     /// ```
     /// let launch = sd_launch::Launch::new("my-daemon").kill_on_drop(false);
@@ -347,6 +350,29 @@ impl Launch {
     /// ```
     pub fn kill_on_drop(mut self, kill: bool) -> Launch {
         self.kill_on_drop = kill;
+        self
+    }
+
+    /// Kill the daemon, and every process of its group, when this process ends, however it
+    /// ends: a return from `main` with the handle never dropped (a daemon kept in a
+    /// `static`), a panic that aborts, SIGTERM, SIGKILL (default `true`). A daemon spawned from
+    /// a thread keeps running after the thread ends. With `false` the daemon outlives this
+    /// process when its handle is never dropped; [`Launched::detach`] makes a guarded daemon
+    /// outlive it too.
+    ///
+    /// It works with a guardian: on the first guarded spawn of a process, a small process
+    /// forked from it (`sd-launch-guard` in `ps`) that holds no fd of ours but one end of a
+    /// socket pair; when it reads end-of-file there (our end is closed by the kernel however
+    /// this process dies), it sends `SIGKILL` to every daemon's process group still registered.
+    /// [`kill_on_drop(false)`](Launch::kill_on_drop) leaves a dropped handle's daemon running
+    /// until this process ends, not beyond.
+    ///
+    /// ```
+    /// let launch = sd_launch::Launch::new("my-daemon").kill_on_exit(false);
+    /// # let _ = launch;
+    /// ```
+    pub fn kill_on_exit(mut self, kill: bool) -> Launch {
+        self.kill_on_exit = kill;
         self
     }
 
@@ -553,6 +579,7 @@ impl Launch {
             sockets,
             with_pid,
             kill_on_drop,
+            kill_on_exit,
             parent_death_signal,
             process_group,
             inetd,
@@ -644,6 +671,7 @@ impl Launch {
             sockets,
             created,
             kill_on_drop,
+            kill_on_exit,
             notify,
             ready,
             signals,
@@ -666,6 +694,8 @@ pub(crate) struct Prepared {
     pub(crate) sockets: Vec<LaunchedSocket>,
     created: Vec<CreatedPath>,
     kill_on_drop: bool,
+    /// Register every child with the guardian ([`Launch::kill_on_exit`]).
+    kill_on_exit: bool,
     pub(crate) notify: Option<NotifySocket>,
     pub(crate) ready: Option<Duration>,
     /// Stop signals that end a readiness wait ([`Launch::stop_on`]).
@@ -676,7 +706,7 @@ impl Prepared {
     /// Start one child with the sockets (held before exec if `gate`).
     pub(crate) fn spawn_child(&mut self, gate: bool) -> Result<(Child, Option<Gate>), Error> {
         self.plan.gate = gate;
-        let spawned = Child::spawn(&mut self.plan)?;
+        let spawned = Child::spawn(&mut self.plan, self.kill_on_exit)?;
         tracing::debug!(
             "started {} as pid {}{} with {} socket(s)",
             self.program,

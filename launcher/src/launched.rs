@@ -312,6 +312,7 @@ impl Launched {
     /// ```
     pub fn detach(mut self) -> u32 {
         self.kill_on_drop = false;
+        self.child.unguard(); // nor killed when this process ends
         for created in std::mem::take(&mut self.created) {
             created.keep();
         }
