@@ -50,6 +50,12 @@ fn launching_process() {
             .spawn()
             .unwrap();
         println!("ORPHANS daemon={}", daemon.pid());
+        // Once the daemon has exec'd `sleep`, its child runs and its line has been written.
+        let comm = format!("/proc/{}/comm", daemon.pid());
+        let started = wait_for(PROMPTLY, || {
+            (fs::read_to_string(&comm).ok()?.trim_end() == "sleep").then_some(())
+        });
+        assert!(started.is_some(), "the daemon did not start");
         daemon
     };
     match mode.as_str() {
