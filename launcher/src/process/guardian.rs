@@ -204,16 +204,20 @@ fn start() -> io::Result<Guardian> {
         return Err(io::Error::last_os_error());
     }
     if intermediate == 0 {
-        // The intermediate: fork the guardian with the raw syscall (no atfork handlers: we
-        // are a copy of one thread of a possibly multi-threaded process) and exit.
+        // The intermediate: drop our copies of the launcher's fds at once (a copy of the
+        // test's stdout, or of a file another thread is writing and is about to execute,
+        // must not outlive this instant), fork the guardian with the raw syscall (no atfork
+        // handlers: we are a copy of one thread of a possibly multi-threaded process), exit.
+        // SAFETY: we are the forked child; the fds are copies of the launcher's.
+        unsafe { close_all_but(socket, max_fd) };
         // SAFETY: clone with SIGCHLD and no stack is fork; both sides only make
         // async-signal-safe calls and end in _exit.
         let guardian =
             unsafe { libc::syscall(libc::SYS_clone, libc::SIGCHLD as libc::c_long, 0, 0, 0, 0) };
         if guardian == 0 {
-            // SAFETY: we are the guardian, a single-threaded copy; `bits` maps 2 * WORDS
-            // words mapped before the fork, `socket` is our end.
-            unsafe { guard(socket, bits, max_fd) }
+            // SAFETY: we are the guardian, a single-threaded copy holding only `socket`, our
+            // end; `bits` maps 2 * WORDS words mapped before the fork.
+            unsafe { guard(socket, bits) }
         }
         // SAFETY: _exit ends the intermediate without running anything of the parent's.
         unsafe { libc::_exit(if guardian > 0 { 0 } else { 1 }) }
@@ -338,18 +342,14 @@ impl Registry<'_> {
     }
 }
 
-/// The guardian's whole life: clean up the inherited state, then read records until the
-/// launching process is gone, kill what is registered, exit.
+/// Close every fd but `keep`. Async-signal-safe.
 ///
 /// # Safety
-/// Only in a single-threaded child forked for this purpose; `bits` must point to 2 * WORDS
-/// writable words that nothing else uses; `socket` is its end of the pair.
-unsafe fn guard(socket: RawFd, bits: *mut u64, max_fd: libc::c_uint) -> ! {
-    // Everything below is async-signal-safe: close, syscall(close_range), prctl, setpgid,
-    // chdir, signal, sigemptyset, sigprocmask, recv, kill, _exit.
-    let keep = socket as libc::c_uint;
+/// Only in a child forked for the guardian: every other fd is a copy of the launcher's.
+unsafe fn close_all_but(keep: RawFd, max_fd: libc::c_uint) {
+    let keep = keep as libc::c_uint;
     let range = |lo: libc::c_uint, hi: libc::c_uint| -> bool {
-        // SAFETY: close_range only closes fds; every fd but `socket` is someone else's copy.
+        // SAFETY: close_range only closes fds; the caller allows closing these.
         lo > hi || unsafe { libc::syscall(libc::SYS_close_range, lo, hi, 0) } == 0
     };
     let closed = if keep == 0 {
@@ -365,6 +365,18 @@ unsafe fn guard(socket: RawFd, bits: *mut u64, max_fd: libc::c_uint) -> ! {
             }
         }
     }
+}
+
+/// The guardian's whole life: clean up the inherited state, then read records until the
+/// launching process is gone, kill what is registered, exit.
+///
+/// # Safety
+/// Only in a single-threaded child forked for this purpose, with every fd but `socket`
+/// closed; `bits` must point to 2 * WORDS writable words that nothing else uses; `socket` is
+/// its end of the pair.
+unsafe fn guard(socket: RawFd, bits: *mut u64) -> ! {
+    // Everything below is async-signal-safe: prctl, setpgid, chdir, signal, sigemptyset,
+    // sigprocmask, recv, kill, _exit.
     // SAFETY: PR_SET_NAME reads a NUL-terminated string of at most 16 bytes from a static.
     unsafe { libc::prctl(libc::PR_SET_NAME, NAME.as_ptr() as libc::c_ulong, 0, 0, 0) };
     // SAFETY: setpgid(0, 0) makes us the leader of a new group; no memory involved.
