@@ -380,6 +380,8 @@ impl Launch {
     /// exits (`PR_SET_PDEATHSIG`). Off by default: in a test harness every test runs in its own
     /// thread, so a daemon shared between tests would die with the first one. Use it from a
     /// process's main thread, as `sd-launch --foreground` does.
+    /// [`kill_on_exit`](Launch::kill_on_exit) (the default) is bound to the process instead
+    /// of the thread, and reaches the daemon's whole process group.
     ///
     /// ```
     /// let launch = sd_launch::Launch::new("my-daemon").parent_death_signal(libc::SIGKILL);

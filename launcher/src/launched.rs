@@ -300,8 +300,9 @@ impl Launched {
         )
     }
 
-    /// Leave the daemon running and forget it: it is neither killed nor reaped by us, and
-    /// its Unix socket files stay. Returns its pid. This is what `sd-launch` does without
+    /// Leave the daemon running and forget it: it is neither killed nor reaped by us, not
+    /// even when this process ends ([`Launch::kill_on_exit`](crate::Launch::kill_on_exit)),
+    /// and its Unix socket files stay. Returns its pid. This is what `sd-launch` does without
     /// `--foreground`.
     ///
     /// ```

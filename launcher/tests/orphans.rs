@@ -65,6 +65,10 @@ fn launching_process() {
         "thread" => thread::spawn(move || KEPT.lock().unwrap().push(daemon(Launch::new("sh"))))
             .join()
             .unwrap(),
+        "own_group_false" => KEPT
+            .lock()
+            .unwrap()
+            .push(daemon(Launch::new("sh").process_group(false))),
         "detach" => {
             daemon(Launch::new("sh")).detach();
         }
@@ -175,6 +179,23 @@ fn a_daemon_whose_handle_was_dropped_without_kill_on_drop_still_dies_with_the_pr
     launcher.assert_daemons_alive("after its handle was dropped with kill_on_drop(false)");
     launcher.signal(libc::SIGKILL);
     launcher.assert_daemons_gone("after SIGKILL to the launching process");
+}
+
+#[test]
+fn a_daemon_left_in_the_launching_process_group_still_dies_with_the_process() {
+    // process_group(false): no group of its own to kill, so the daemon alone is guarded (its
+    // child, in the launching process's group, is not the launcher's to kill).
+    let mut launcher = Launcher::start("own_group_false");
+    launcher.signal(libc::SIGKILL);
+    let daemon = launcher
+        .daemon
+        .as_ref()
+        .expect("the daemon reported its pid");
+    assert!(
+        daemon.gone_within(PROMPTLY),
+        "the daemon ({}) still running {PROMPTLY:?} after SIGKILL to the launching process",
+        daemon.pid
+    );
 }
 
 #[test]
