@@ -138,6 +138,7 @@ pub struct Launch {
     sockets: SocketSet,
     with_pid: bool,
     kill_on_drop: bool,
+    kill_on_exit: bool,
     parent_death_signal: Option<i32>,
     process_group: bool,
     inetd: Option<Arc<OwnedFd>>,
@@ -163,6 +164,7 @@ impl Launch {
             sockets: SocketSet::new(),
             with_pid: true,
             kill_on_drop: true,
+            kill_on_exit: true,
             parent_death_signal: None,
             process_group: true,
             inetd: None,
@@ -387,7 +389,8 @@ impl Launch {
     }
 
     /// Kill (`SIGKILL`) and reap the daemon when the [`Launched`] handle is dropped (default
-    /// `true`). With `false`, dropping the handle leaves the daemon running.
+    /// `true`). With `false`, dropping the handle leaves the daemon running until this
+    /// process ends ([`kill_on_exit`](Launch::kill_on_exit)).
     ///
     /// ```
     /// let launch = sd_launch::Launch::new("my-daemon").kill_on_drop(false);
@@ -398,10 +401,35 @@ impl Launch {
         self
     }
 
+    /// Kill the daemon, and every process of its group, when this process ends, however it
+    /// ends: a return from `main` with the handle never dropped (a daemon kept in a
+    /// `static`), a panic that aborts, SIGTERM, SIGKILL (default `true`). A daemon spawned from
+    /// a thread keeps running after the thread ends. With `false` the daemon outlives this
+    /// process when its handle is never dropped; [`Launched::detach`] makes a guarded daemon
+    /// outlive it too.
+    ///
+    /// It works with a guardian: on the first guarded spawn of a process, a small process
+    /// forked from it (`sd-launch-guard` in `ps`) that holds no fd of ours but one end of a
+    /// socket pair; when it reads end-of-file there (our end is closed by the kernel however
+    /// this process dies), it sends `SIGKILL` to every daemon's process group still registered.
+    /// [`kill_on_drop(false)`](Launch::kill_on_drop) leaves a dropped handle's daemon running
+    /// until this process ends, not beyond.
+    ///
+    /// ```
+    /// let launch = sd_launch::Launch::new("my-daemon").kill_on_exit(false);
+    /// # let _ = launch;
+    /// ```
+    pub fn kill_on_exit(mut self, kill: bool) -> Launch {
+        self.kill_on_exit = kill;
+        self
+    }
+
     /// Linux: have the kernel send `signal` to the daemon when the thread that spawned it
     /// exits (`PR_SET_PDEATHSIG`). Off by default: in a test harness every test runs in its own
     /// thread, so a daemon shared between tests would die with the first one. Use it from a
     /// process's main thread, as `sd-launch --foreground` does.
+    /// [`kill_on_exit`](Launch::kill_on_exit) (the default) is bound to the process instead
+    /// of the thread, and reaches the daemon's whole process group.
     ///
     /// ```
     /// let launch = sd_launch::Launch::new("my-daemon").parent_death_signal(libc::SIGKILL);
@@ -667,6 +695,7 @@ impl Launch {
             sockets,
             with_pid,
             kill_on_drop,
+            kill_on_exit,
             parent_death_signal,
             process_group,
             inetd,
@@ -769,6 +798,7 @@ impl Launch {
             sockets,
             created,
             kill_on_drop,
+            kill_on_exit,
             notify,
             ready,
             signals,
@@ -794,6 +824,8 @@ pub(crate) struct Prepared {
     pub(crate) sockets: Vec<LaunchedSocket>,
     created: Vec<CreatedPath>,
     kill_on_drop: bool,
+    /// Register every child with the guardian ([`Launch::kill_on_exit`]).
+    kill_on_exit: bool,
     pub(crate) notify: Option<NotifySocket>,
     pub(crate) ready: Option<(Wait, Duration)>,
     /// Stop signals that end a readiness wait ([`Launch::stop_on`]).
@@ -804,7 +836,7 @@ impl Prepared {
     /// Start one child with the sockets (held before exec if `gate`).
     pub(crate) fn spawn_child(&mut self, gate: bool) -> Result<(Child, Option<Gate>), Error> {
         self.plan.gate = gate;
-        let spawned = Child::spawn(&mut self.plan)?;
+        let spawned = Child::spawn(&mut self.plan, self.kill_on_exit)?;
         tracing::debug!(
             "started {} as pid {}{} with {} socket(s)",
             self.program,

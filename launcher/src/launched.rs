@@ -437,8 +437,9 @@ impl Launched {
         )
     }
 
-    /// Leave the daemon running and forget it: it is neither killed nor reaped by us, and
-    /// its Unix socket files stay. Returns its pid. This is what `sd-launch` does without
+    /// Leave the daemon running and forget it: it is neither killed nor reaped by us, not
+    /// even when this process ends ([`Launch::kill_on_exit`](crate::Launch::kill_on_exit)),
+    /// and its Unix socket files stay. Returns its pid. This is what `sd-launch` does without
     /// `--foreground`.
     ///
     /// ```
@@ -449,6 +450,7 @@ impl Launched {
     /// ```
     pub fn detach(mut self) -> u32 {
         self.kill_on_drop = false;
+        self.child.unguard(); // nor killed when this process ends
         for created in std::mem::take(&mut self.created) {
             created.keep();
         }

@@ -34,8 +34,10 @@
 //! 1. [`sockets`]: what to listen on ([`SocketSpec`], the `-l` syntax) and the one builder of
 //!    socket sets every mode shares (names, backlog, Unix socket modes, created files);
 //! 2. `process`: the bare child: spawn (fds into place, `LISTEN_PID`, `execve`), pidfd,
-//!    process group, signals, wait with a deadline, stop with a grace period; `capture`:
-//!    its stdout and stderr drained into bounded buffers;
+//!    process group, signals, wait with a deadline, stop with a grace period, and the
+//!    guardian that kills every daemon's group when the launching process dies
+//!    ([`Launch::kill_on_exit`]); `capture`: its stdout and stderr drained into bounded
+//!    buffers;
 //! 3. [`supervisor`]: the one event loop (signals, pidfds, the notify socket, listeners, one
 //!    deadline) and the policies that need only a process: readiness, foreground;
 //! 4. `launch` and `launched`: the [`Launch`] builder and the [`Launched`] handle a test

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use crate::error::Error;
 
+mod guardian;
 mod spawn;
 
 pub(crate) use spawn::{Gate, Plan};
@@ -27,18 +28,25 @@ pub(crate) struct Child {
     pidfd: Option<OwnedFd>,
     /// The child leads its own process group (its pgid is its pid).
     group: bool,
+    /// Registered with the [`guardian`]: killed (with its group) when this process ends.
+    guarded: bool,
     status: Option<ExitStatus>,
 }
 
 impl Child {
     /// Start a child according to `plan`; with [`Plan::gate`] it is held before `execve`
-    /// until the returned [`Gate`] is released.
-    pub(crate) fn spawn(plan: &mut Plan) -> Result<(Child, Option<Gate>), Error> {
+    /// until the returned [`Gate`] is released. With `guard`, the child and its group are
+    /// killed by the [`guardian`] when this process ends, however it ends, unless reaped or
+    /// [unguarded](Child::unguard) first.
+    pub(crate) fn spawn(plan: &mut Plan, guard: bool) -> Result<(Child, Option<Gate>), Error> {
+        // The guardian exists before the child does: it never runs unguarded while we fork.
+        let guard = guard && guardian::ensure();
         let (pid, pidfd, gate) = spawn::spawn(plan)?;
         let child = Child {
             pid,
             pidfd: Some(pidfd),
             group: plan.process_group,
+            guarded: guard && guardian::register(pid, plan.process_group),
             status: None,
         };
         Ok((child, gate))
@@ -46,6 +54,13 @@ impl Child {
 
     pub(crate) fn pid(&self) -> u32 {
         self.pid as u32
+    }
+
+    /// Let the child outlive this process: the guardian forgets it (a detached daemon).
+    pub(crate) fn unguard(&mut self) {
+        if std::mem::take(&mut self.guarded) {
+            guardian::unregister(self.pid);
+        }
     }
 
     /// The pidfd, readable once the child has exited; `None` once reaped.
@@ -191,6 +206,8 @@ impl Child {
             // leader is an unreaped zombie.
             unsafe { libc::kill(-self.pid, libc::SIGKILL) };
         }
+        // The guardian forgets the pid before it can be reused, that is before the reap.
+        self.unguard();
         let mut raw = 0;
         loop {
             // SAFETY: waitpid on our own child, which has exited, writing into a local.
