@@ -25,10 +25,11 @@ pub mod stats;
 pub use config::Config;
 pub use report::Row;
 
-/// The rows, by number: 1-6 of issue 7, 7 (failed requests during restarts) of issue 8.
-pub const ROWS: [u8; 7] = [1, 2, 3, 4, 5, 6, 7];
+/// The rows, by number: 1-6 of issue 7, 7 (failed requests during restarts) of issue 8,
+/// 9 (readiness strategies against port polling) of issue 15.
+pub const ROWS: [u8; 8] = [1, 2, 3, 4, 5, 6, 7, 9];
 
-/// Measure row `row` (1-7) and return its table lines. Children it starts are killed and
+/// Measure row `row` (1-7, 9) and return its table lines. Children it starts are killed and
 /// reaped before it returns.
 ///
 /// ```no_run
@@ -46,8 +47,9 @@ pub fn run_row(config: &Config, row: u8) -> std::io::Result<Vec<Row>> {
         5 => rows::receiver::run(config),
         6 => rows::races::run(config),
         7 => rows::restarts::run(config),
+        9 => rows::readiness::run(config),
         _ => Err(std::io::Error::other(format!(
-            "no row {row}: rows are 1 to 7"
+            "no row {row}: rows are 1 to 7 and 9"
         ))),
     };
     procs::sweep_children();
