@@ -86,3 +86,65 @@ fn no_request_fails_while_sd_launch_restarts_the_daemon() {
         "the restart-by-rebind count is reported (not asserted): {failed}"
     );
 }
+
+/// Row 9 needs the debug `demo-server` next to the harness. Every start through the library
+/// (no wait, and each wait strategy) must succeed; the polling baselines are reported, not
+/// asserted, and no timing is.
+#[test]
+fn every_readiness_strategy_gets_a_first_response() {
+    let bin_dir = std::path::Path::new(env!("CARGO_BIN_EXE_sd-launch-bench"))
+        .parent()
+        .expect("target dir")
+        .to_path_buf();
+    if !bin_dir.join("demo-server").is_file() {
+        eprintln!(
+            "SKIPPED: demo-server missing in {}; build it with cargo build --workspace --bins",
+            bin_dir.display()
+        );
+        assert!(
+            std::env::var_os("CI").is_none_or(|v| v != "true"),
+            "CI=true: demo-server missing"
+        );
+        return;
+    }
+    let out_dir = tempfile::tempdir().expect("temp dir");
+    let output = Command::new(env!("CARGO_BIN_EXE_sd-launch-bench"))
+        .args(["--quick", "--rows", "9"])
+        .env("SD_BENCH_OUT", out_dir.path())
+        .output()
+        .expect("run the harness");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "harness failed: {stderr}");
+    let text = std::fs::read_to_string(out_dir.path().join("report.json")).expect("report.json");
+    let rows: Vec<serde_json::Value> = serde_json::from_str(&text).expect("valid JSON");
+    // 4 strategies vs no wait, then each of the 2 polls vs no wait and vs the fastest.
+    assert_eq!(rows.len(), 8, "{rows:#?}");
+    let ours_names: Vec<&str> = rows.iter().filter_map(|r| r["name"].as_str()).collect();
+    for wanted in ["notify", "accepted", "http", "log"] {
+        assert!(
+            ours_names[..4]
+                .iter()
+                .any(|n| n.contains(&format!("Wait::{wanted}("))),
+            "no row for Wait::{wanted}: {ours_names:?}"
+        );
+    }
+    for row in &rows[..4] {
+        assert_eq!(
+            row["ours"]["n"], 3,
+            "a wait strategy failed: {row}\n{stderr}"
+        );
+        assert_eq!(
+            row["baseline"]["n"], 3,
+            "a start with no wait failed: {row}\n{stderr}"
+        );
+    }
+    for row in &rows[4..] {
+        assert_eq!(row["ours"]["unit"], "ms", "{row}");
+        assert!(
+            row["baseline"]["name"]
+                .as_str()
+                .is_some_and(|n| n.contains("poll connect every")),
+            "{row}"
+        );
+    }
+}

@@ -6,6 +6,7 @@ pub mod launch;
 pub mod overhead;
 pub mod parallel;
 pub mod races;
+pub mod readiness;
 pub mod receiver;
 pub mod restarts;
 pub mod serving;
