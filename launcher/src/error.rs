@@ -226,6 +226,14 @@ pub enum Error {
         /// What is wrong.
         reason: String,
     },
+    /// A stack with more daemons than [`MAX_DAEMONS`](crate::stack::MAX_DAEMONS).
+    #[error("{count} daemons: a stack has at most {max} daemons; split it into several stacks")]
+    TooManyDaemons {
+        /// How many there are.
+        count: usize,
+        /// The limit.
+        max: usize,
+    },
     /// One daemon of a stack failed (to start, or to become ready): every daemon of the
     /// stack was stopped.
     #[error("daemon {daemon}: {source}")]
@@ -305,6 +313,7 @@ impl Error {
             | Error::Pattern { .. }
             | Error::Template { .. }
             | Error::StackFile { .. }
+            | Error::TooManyDaemons { .. }
             | Error::Conflict(_) => 2,
             Error::Socket { .. } | Error::PathInUse { .. } | Error::NoDirectory { .. } => 3,
             Error::Spawn { .. }

@@ -168,11 +168,9 @@ impl Stack {
     /// Check the names, bind every socket, expand every template: ready to spawn.
     pub(crate) fn prepare(&self) -> Result<Vec<(String, crate::launch::Prepared)>, Error> {
         if self.daemons.len() > MAX_DAEMONS {
-            return Err(Error::Stack {
-                daemon: format!("{} daemons", self.daemons.len()),
-                source: Box::new(Error::Conflict(
-                    "a stack has at most 1024 daemons (sd_launch::stack::MAX_DAEMONS)",
-                )),
+            return Err(Error::TooManyDaemons {
+                count: self.daemons.len(),
+                max: MAX_DAEMONS,
             });
         }
         for (i, (name, _)) in self.daemons.iter().enumerate() {

@@ -273,7 +273,7 @@ fn supervisor(args: &Args, stack: &Stack, mut report: UnixStream) -> i32 {
     let running = match stack.spawn_until(&signals) {
         Ok(r) => r,
         Err(e) => {
-            let _ = write!(report, "{}\nsd-launch: {e}", e.exit_code());
+            let _ = write!(report, "{}\n{e}", e.exit_code());
             return e.exit_code();
         }
     };
@@ -282,11 +282,15 @@ fn supervisor(args: &Args, stack: &Stack, mut report: UnixStream) -> i32 {
         return 4; // the command is gone: the daemons are stopped as `running` drops
     }
     drop(report);
-    // Our stdout is the caller's `$(...)`: it must see the end of it.
+    // Our stdout and stderr are the caller's (`$(...)`, a test's pipes): they must see the
+    // end of them, as with a background daemon. Later messages go nowhere: --foreground
+    // shows them.
     if let Ok(null) = std::fs::OpenOptions::new().write(true).open("/dev/null") {
         use std::os::fd::AsRawFd;
-        // SAFETY: dup2 of an fd we own onto fd 1.
-        unsafe { libc::dup2(null.as_raw_fd(), 1) };
+        for fd in [1, 2] {
+            // SAFETY: dup2 of an fd we own onto a standard stream of ours.
+            unsafe { libc::dup2(null.as_raw_fd(), fd) };
+        }
     }
     match supervise(&signals, running, args.stop_timeout) {
         Ok(code) => code,
