@@ -122,7 +122,7 @@ impl From<File> for Stdio {
 ///
 /// Decisions:
 /// * The environment is ours (like `Command`), minus any `LISTEN_*` variables we received
-///   ourselves ([`PROTOCOL_VARIABLES`]), plus the ones for the daemon.
+///   ourselves (`listenfd_core::env::VARIABLES`), plus the ones for the daemon.
 /// * Our copies of the sockets are closed once the daemon runs, so a daemon that dies makes
 ///   clients fail at once (connection refused) instead of hanging in a backlog nobody accepts
 ///   from. Addresses stay available through [`Launched::sockets`].

@@ -1,6 +1,6 @@
 //! The supervisor: the launcher's one event loop, and the policies it runs.
 //!
-//! [`run`] waits on everything a mode can wait for, in one `poll`: the signals
+//! Its loop (`run`) waits on everything a mode can wait for, in one `poll`: the signals
 //! ([`Signals`], a `signalfd`), the daemons' pidfds, the private notify socket, listening
 //! sockets, a stop channel, and one deadline (the earliest the policy cares about). It never
 //! sleeps for an interval: it wakes when something happens or the deadline comes. What to do

@@ -35,6 +35,13 @@ Examples:
     sd-launch --accept --inetd -l 7000 -- cat          # inetd: connection on stdin/stdout
     sd-launch --accept --max-connections 4 -l ./app.sock --fdname api -- my-daemon
 
+  Wait until the daemon answers before printing (no READY=1 needed):
+    export $(sd-launch --ready-when=http:/healthz -- my-daemon)
+
+  A stack of daemons, every socket bound first, each told the others' addresses:
+    export $(sd-launch --stack stack.toml)             # API_PORT=..., WEB_PORT=..., LAUNCHED_PID=...
+    kill $LAUNCHED_PID                                 # stops every daemon of the stack
+
 Output (env format): LAUNCHED_PORT=<first TCP port>, LAUNCHED_PID=<pid>; with several
 sockets or a non-TCP one also LAUNCHED_PORT_<i>, LAUNCHED_ADDR_<i>, LAUNCHED_PATH_<i>
 (i = 0 for fd 3). --format json prints one object with pid and every socket's fd, name,
