@@ -47,6 +47,9 @@ fn launching_process() {
                 "-c",
                 "sleep 300 & echo ORPHANS grandchild=$!; exec sleep 300",
             ])
+            // The daemon shares the launching process's stdout (the pipe whose end of
+            // file the tests wait for), instead of the library's default capture.
+            .stdout(sd_launch::Stdio::inherit())
             .spawn()
             .unwrap();
         println!("ORPHANS daemon={}", daemon.pid());

@@ -1,5 +1,5 @@
 //! Reliability of `sd-launch` under hostile use (issue 13): process groups, signals that must
-//! act at once, a SIGCHLD ignored by our parent, a stderr that is gone.
+//! act at once, a SIGCHLD ignored by our parent, a closed stdout, a stderr that is gone.
 //! Each of these failed before the launcher had its own process groups and one event loop.
 
 use std::fs;
@@ -177,6 +177,24 @@ fn wait_for_pid_file(path: &std::path::Path) -> i32 {
         assert!(Instant::now() < deadline, "no pid in {}", path.display());
         std::thread::sleep(Duration::from_millis(10));
     }
+}
+
+#[test]
+fn a_closed_stdout_is_an_error_not_a_silent_success() {
+    let mut cmd = sd_launch(&["--", "sleep", "30"]);
+    cmd.stderr(Stdio::piped());
+    // SAFETY: close() is async-signal-safe; the closure runs in the forked child only.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::close(1);
+            Ok(())
+        })
+    };
+    let out = cmd.output().unwrap();
+    assert_eq!(out.status.code(), Some(4));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("stdout is closed"), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
 }
 
 #[test]

@@ -1,6 +1,14 @@
 //! `sd-launch`: start a daemon with pre-opened sockets (LISTEN_FDS/LISTEN_PID protocol).
 //! Thin, as ripgrep's binary is: parse the arguments, validate them into a [`Mode`], run one
 //! short function per mode over the library, map errors to exit codes.
+//!
+//! `no_main`: std's start-up would silently reopen a closed stdout on /dev/null, and
+//! `sd-launch -- daemon >&-` would then print the port nowhere and exit 0 with a daemon
+//! nobody can find. [`main`] looks first, then does what std's start-up does.
+
+#![cfg_attr(not(test), no_main)]
+// The unit tests (of the output formats) run under the test harness's own main.
+#![cfg_attr(test, allow(dead_code, unused_imports))]
 
 mod args;
 mod logging;
@@ -8,7 +16,6 @@ mod output;
 mod stack;
 
 use std::io::Write;
-use std::process::ExitCode;
 
 use clap::Parser;
 use sd_launch::accept::Pass;
@@ -19,17 +26,43 @@ use sd_launch::{Error, LaunchedSocket};
 use crate::args::{Args, Mode};
 use crate::logging::say;
 
-fn main() -> ExitCode {
+/// The C entry point (see the crate docs): note a closed stdout, set up as std would (ignore
+/// SIGPIPE, so a closed pipe is an error and not death; reopen closed standard fds on
+/// /dev/null, so no socket lands on them), then run and exit through std (flushing stdout).
+#[cfg(not(test))]
+#[unsafe(no_mangle)]
+pub extern "C" fn main(_argc: libc::c_int, _argv: *const *const libc::c_char) -> libc::c_int {
+    // SAFETY: F_GETFD on fd 1 only reads its flags.
+    let stdout_closed = unsafe { libc::fcntl(1, libc::F_GETFD) } < 0;
+    // SAFETY: installing SIG_IGN runs no code of ours.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
+    for fd in 0..=2 {
+        // SAFETY: F_GETFD only reads flags.
+        if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
+            // SAFETY: open of a NUL-terminated literal; it returns the lowest free fd, which
+            // is `fd` (the lower ones are open by now).
+            unsafe { libc::open(c"/dev/null".as_ptr(), libc::O_RDWR) };
+        }
+    }
     let args = Args::parse();
     logging::init();
-    let code = match run(&args) {
+    let result = if stdout_closed {
+        Err(Error::Os {
+            context: "print the port and pid: stdout is closed (give sd-launch a stdout, \
+                      >/dev/null if no output is wanted)",
+            source: std::io::Error::from_raw_os_error(libc::EBADF),
+        })
+    } else {
+        run(&args)
+    };
+    let code = match result {
         Ok(code) => code,
         Err(e) => {
             say(&e);
             e.exit_code()
         }
     };
-    ExitCode::from(code.clamp(0, 255) as u8)
+    std::process::exit(code.clamp(0, 255))
 }
 
 fn run(args: &Args) -> Result<i32, Error> {
