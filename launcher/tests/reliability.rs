@@ -224,3 +224,58 @@ fn a_restart_service_survives_a_stderr_that_is_gone() {
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     assert_eq!(child.wait().unwrap().code(), Some(143));
 }
+
+#[test]
+fn accept_mode_at_the_fd_limit_waits_instead_of_resetting_connections() {
+    use std::io::Read as _;
+    let mut cmd = sd_launch(&[
+        "--accept",
+        "--inetd",
+        "--",
+        "sh",
+        "-c",
+        "sleep 0.2; echo hi",
+    ]);
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+    // SAFETY: setrlimit is async-signal-safe; the closure runs in the forked child only.
+    unsafe {
+        cmd.pre_exec(|| {
+            let lim = libc::rlimit {
+                rlim_cur: 20,
+                rlim_max: 4096,
+            };
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+            Ok(())
+        })
+    };
+    let mut child = cmd.spawn().unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let port: u16 = read_var(&mut out, "LAUNCHED_PORT").parse().unwrap();
+    let clients: Vec<_> = (0..30)
+        .map(|_| std::net::TcpStream::connect(("127.0.0.1", port)).unwrap())
+        .collect();
+    let mut answered = 0;
+    for mut c in clients {
+        c.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        let mut reply = String::new();
+        if c.read_to_string(&mut reply).is_ok() && reply == "hi\n" {
+            answered += 1;
+        }
+    }
+    // SAFETY: signalling the sd-launch we started.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    child.wait().unwrap();
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    assert_eq!(
+        answered, 30,
+        "connections lost at the fd limit; stderr: {err}"
+    );
+    assert!(!err.contains("closed unanswered"), "{err}");
+    assert!(err.contains("the fd limit"), "the cause is named: {err}");
+}

@@ -201,6 +201,34 @@ mod cli {
     }
 
     #[test]
+    fn ready_from_a_wrapper_that_does_not_exec_is_a_loud_warning() {
+        // sh stays the daemon (LISTEN_PID is sh's pid): demo-server, its child, is not the
+        // receiver, binds an address of its own, and says READY=1.
+        let script = format!(
+            "{} --listen 127.0.0.1:0; true",
+            bin("demo-server").display()
+        );
+        let mut child = Command::new(bin("sd-launch"))
+            .args(["--foreground", "--ready=20", "--", "sh", "-c", &script])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut out = BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        out.read_line(&mut line).unwrap();
+        assert!(line.starts_with("LAUNCHED_PORT="), "{line}");
+        // SAFETY: signalling the sd-launch we started.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        child.wait().unwrap();
+        let mut err = String::new();
+        std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+        assert!(err.contains("READY=1 came from pid"), "{err}");
+        assert!(err.contains("exec"), "{err}");
+    }
+
+    #[test]
     fn ready_when_mistakes_are_usage_errors() {
         for args in [
             &["--ready-when=log:serving", "--", "true"][..],

@@ -393,7 +393,14 @@ impl Entry<'_, '_> {
         let root = self.child.pid();
         match &mut self.strategy {
             Strategy::Notify(notify) => {
-                Ok(readable && ready_message(notify, root).map_err(os("read notifications"))?)
+                if !readable {
+                    return Ok(false);
+                }
+                let sender = ready_sender(notify, root).map_err(os("read notifications"))?;
+                if let Some(sender) = sender.filter(|&p| p != root as libc::pid_t) {
+                    warn_if_not_the_receiver(sender);
+                }
+                Ok(sender.is_some())
             }
             Strategy::Log { capture, re, seen } => {
                 capture.clear_wake();
@@ -618,7 +625,35 @@ impl Policy for WaitAll<'_, '_> {
 
 /// Read every pending notification; `true` when one from `root`'s tree says `READY=1`.
 pub(crate) fn ready_message(notify: &NotifySocket, root: u32) -> io::Result<bool> {
-    let mut ready = false;
+    ready_sender(notify, root).map(|p| p.is_some())
+}
+
+/// A wrapper that does not exec (`sh -c 'daemon; echo done'`, `cargo run`) makes the
+/// daemon a descendant whose pid is not `LISTEN_PID`: a strict receiver ignores the
+/// sockets and may bind an address of its own, then say `READY=1` while clients wait on
+/// the passed socket for ever. Say so, loudly, with the fix.
+fn warn_if_not_the_receiver(sender: libc::pid_t) {
+    let Ok(environ) = std::fs::read(format!("/proc/{sender}/environ")) else {
+        return;
+    };
+    let listen_pid = environ
+        .split(|&b| b == 0)
+        .find_map(|v| v.strip_prefix(b"LISTEN_PID="))
+        .and_then(|v| std::str::from_utf8(v).ok()?.parse::<libc::pid_t>().ok());
+    if let Some(listen_pid) = listen_pid.filter(|&p| p != sender) {
+        tracing::warn!(
+            "READY=1 came from pid {sender}, but LISTEN_PID is {listen_pid}: a strict \
+             receiver in pid {sender} ignored the passed sockets (and clients of them may \
+             wait for ever). Start the daemon with exec (sh -c 'exec my-daemon'), or use \
+             --no-pid (Launch::no_pid) with a daemon that accepts a missing LISTEN_PID"
+        );
+    }
+}
+
+/// Read every pending notification; the pid of the first from `root`'s tree that says
+/// `READY=1`, if any.
+fn ready_sender(notify: &NotifySocket, root: u32) -> io::Result<Option<libc::pid_t>> {
+    let mut ready = None;
     while let Some((pid, text)) = notify.receive()? {
         let ours = is_in_tree(pid, root as libc::pid_t);
         tracing::debug!(
@@ -629,7 +664,9 @@ pub(crate) fn ready_message(notify: &NotifySocket, root: u32) -> io::Result<bool
                 " (not the daemon's: ignored)"
             }
         );
-        ready |= ours && is_ready(&text);
+        if ours && is_ready(&text) {
+            ready.get_or_insert(pid);
+        }
     }
     Ok(ready)
 }
