@@ -105,6 +105,19 @@ pub enum Error {
         /// Where it was looked for.
         where_: String,
     },
+    /// The program is a `#!` script whose interpreter cannot be executed (exit code 127,
+    /// as a shell reports a missing command).
+    #[error(
+        "{program}: its interpreter {interpreter} cannot be run ({source}): install it, or fix the #! line"
+    )]
+    Interpreter {
+        /// The program as given.
+        program: String,
+        /// The interpreter its `#!` line names.
+        interpreter: String,
+        /// The errno (ENOENT: not found).
+        source: io::Error,
+    },
     /// The program exists but cannot be executed (exit code 126, as in a shell).
     #[error("{program}: cannot execute: {source}")]
     NotExecutable {
@@ -329,7 +342,7 @@ impl Error {
             },
             Error::ReadyTimeout { .. } => 6,
             Error::NotExecutable { .. } => 126,
-            Error::NotFound { .. } | Error::NotBuilt { .. } => 127,
+            Error::NotFound { .. } | Error::NotBuilt { .. } | Error::Interpreter { .. } => 127,
             Error::Interrupted { signal, .. } => 128 + signal,
         }
     }

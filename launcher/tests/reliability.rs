@@ -279,3 +279,41 @@ fn accept_mode_at_the_fd_limit_waits_instead_of_resetting_connections() {
     assert!(!err.contains("closed unanswered"), "{err}");
     assert!(err.contains("the fd limit"), "the cause is named: {err}");
 }
+
+#[test]
+fn in_the_foreground_a_script_that_cannot_run_prints_nothing_and_says_why() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let no_shebang = dir.path().join("no-shebang");
+    fs::write(&no_shebang, "echo this is not a program\n").unwrap();
+    let no_interpreter = dir.path().join("no-interpreter");
+    fs::write(&no_interpreter, "#!/no/such/interpreter -x\necho hi\n").unwrap();
+    for p in [&no_shebang, &no_interpreter] {
+        fs::set_permissions(p, fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    for mode in [&["--foreground"][..], &[][..]] {
+        let run = |script: &std::path::Path| {
+            let mut args = mode.to_vec();
+            args.extend(["--", script.to_str().unwrap()]);
+            sd_launch(&args).output().unwrap()
+        };
+        let out = run(&no_shebang);
+        assert_eq!(out.status.code(), Some(126), "{mode:?}: {out:?}");
+        assert!(
+            out.stdout.is_empty(),
+            "{mode:?}: printed before a failed exec"
+        );
+        let out = run(&no_interpreter);
+        assert_eq!(out.status.code(), Some(127), "{mode:?}: {out:?}");
+        assert!(
+            out.stdout.is_empty(),
+            "{mode:?}: printed before a failed exec"
+        );
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("interpreter /no/such/interpreter"),
+            "{mode:?}: {err}"
+        );
+        assert!(!err.contains("command not found"), "{mode:?}: {err}");
+    }
+}

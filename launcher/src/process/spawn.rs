@@ -81,6 +81,8 @@ pub(crate) enum Step {
     ParentGone = 8,
     /// Never reported: the parent dropped the gate (exit 127 without running the program).
     GateClosed = 9,
+    /// The program is a `#!` script whose interpreter cannot be executed.
+    Interpreter = 10,
 }
 
 impl Step {
@@ -93,6 +95,7 @@ impl Step {
             Step::Pdeathsig,
             Step::Setpgid,
             Step::Tcsetpgrp,
+            Step::Interpreter,
         ]
         .into_iter()
         .find(|s| *s as u32 == v)
@@ -109,6 +112,7 @@ impl Step {
             Step::Tcsetpgrp => "taking the terminal's foreground (tcsetpgrp)",
             Step::ParentGone => "checking that the parent is alive",
             Step::GateClosed => "waiting at the gate",
+            Step::Interpreter => "execve of the script's interpreter",
         }
     }
 }
@@ -147,6 +151,8 @@ pub(crate) struct Plan {
     /// terminal stays with a group that no longer exists (and we are stopped by `SIGTTIN` at
     /// the next read from it).
     pub foreground_tty: Option<RawFd>,
+    /// `binfmt_misc` handlers are registered: a file in another format may still run.
+    binfmt_misc: bool,
     /// Test-only: pretend `close_range` (and `/proc`) are unavailable.
     #[cfg(test)]
     pub close_test: CloseTest,
@@ -229,6 +235,7 @@ impl Plan {
             parent_death_signal: None,
             gate: false,
             process_group: false,
+            binfmt_misc: binfmt_misc_active(),
             foreground_tty: None,
             #[cfg(test)]
             close_test: CloseTest::Normal,
@@ -828,9 +835,11 @@ unsafe fn do_exec(child: &mut Child<'_>) -> Result<Infallible, Failure> {
         // Fail before the gate if no candidate can be executed, so the parent reports the
         // usual errors before it prints anything.
         // SAFETY: the candidates are NUL-terminated strings in the plan.
-        if let Err(missing) = unsafe { first_executable(&plan.candidates) } {
-            return Err((Step::Exec, missing));
-        }
+        let found = unsafe { first_executable(&plan.candidates) }.map_err(|e| (Step::Exec, e))?;
+        // The failures execve would only find after the gate: a script's missing
+        // interpreter, a file in no format the kernel runs.
+        // SAFETY: `found` is a NUL-terminated string of the plan.
+        unsafe { check_format(&plan.candidates[found], plan.binfmt_misc) }?;
         report(child.channel, Step::AtGate, 0);
         let mut byte = 0u8;
         let mut n = -1;
@@ -855,6 +864,11 @@ unsafe fn do_exec(child: &mut Child<'_>) -> Result<Infallible, Failure> {
         // call; execve returns only on failure.
         unsafe { libc::execve(path.as_ptr(), child.argv.as_ptr(), child.envp.as_ptr()) };
         match errno() {
+            // The file is there: what is missing is its `#!` interpreter.
+            // SAFETY: path is NUL-terminated; `exists` only calls access.
+            libc::ENOENT if unsafe { exists(path) } => {
+                return Err((Step::Interpreter, libc::ENOENT));
+            }
             libc::ENOENT | libc::ENOTDIR => {}
             libc::EACCES => best = libc::EACCES,
             other => return Err((Step::Exec, other)),
@@ -1021,9 +1035,9 @@ fn parse_fd(name: &[u8]) -> Option<RawFd> {
 ///
 /// # Safety
 /// Async-signal-safe; the candidates must be valid C strings (they are `CString`s).
-unsafe fn first_executable(candidates: &[CString]) -> Result<(), i32> {
+unsafe fn first_executable(candidates: &[CString]) -> Result<usize, i32> {
     let mut errno = libc::ENOENT;
-    for path in candidates {
+    for (i, path) in candidates.iter().enumerate() {
         // SAFETY: stat fills a struct of plain data we own; all zeroes is a valid start.
         let mut st: libc::stat = unsafe { std::mem::zeroed() };
         // SAFETY: stat reads a NUL-terminated path and writes `st`.
@@ -1031,12 +1045,85 @@ unsafe fn first_executable(candidates: &[CString]) -> Result<(), i32> {
             // SAFETY: access reads a NUL-terminated path.
             let runnable = unsafe { libc::access(path.as_ptr(), libc::X_OK) } == 0;
             if st.st_mode & libc::S_IFMT == libc::S_IFREG && runnable {
-                return Ok(());
+                return Ok(i);
             }
             errno = libc::EACCES;
         }
     }
     Err(errno)
+}
+
+/// Whether `path` exists (async-signal-safe).
+///
+/// # Safety
+/// `path` must be NUL-terminated.
+unsafe fn exists(path: &CString) -> bool {
+    // SAFETY: access reads a NUL-terminated path.
+    unsafe { libc::access(path.as_ptr(), libc::F_OK) == 0 }
+}
+
+/// What `execve` would say of `path`'s format, found before it runs: a `#!` line whose
+/// interpreter cannot be executed is `(Interpreter, errno)`; a file that is neither ELF nor
+/// `#!` is `(Exec, ENOEXEC)`, unless `binfmt_misc` handlers may run it. Async-signal-safe:
+/// two stack buffers, open/read/close/access.
+///
+/// # Safety
+/// `path` must be NUL-terminated.
+unsafe fn check_format(path: &CString, binfmt_misc: bool) -> Result<(), (Step, i32)> {
+    let mut head = [0u8; 256];
+    // SAFETY: open of a NUL-terminated path, read into our buffer, close of our fd.
+    let n = unsafe {
+        let fd = libc::open(path.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC);
+        if fd < 0 {
+            return Ok(()); // execute-only file: execve will tell
+        }
+        let n = libc::read(fd, head.as_mut_ptr().cast(), head.len());
+        libc::close(fd);
+        n
+    };
+    let head = &head[..n.max(0) as usize];
+    if head.starts_with(b"\x7fELF") {
+        return Ok(());
+    }
+    if let Some(line) = head.strip_prefix(b"#!") {
+        let line = line.trim_ascii_start();
+        let end = line
+            .iter()
+            .position(|&b| b == b' ' || b == b'\t' || b == b'\n' || b == 0)
+            .unwrap_or(line.len());
+        let mut interpreter = [0u8; 257];
+        interpreter[..end].copy_from_slice(&line[..end]);
+        // SAFETY: `interpreter` is NUL-terminated (zeroed past `end`, end < 257).
+        if unsafe { libc::access(interpreter.as_ptr().cast(), libc::X_OK) } != 0 {
+            return Err((Step::Interpreter, errno()));
+        }
+        return Ok(());
+    }
+    if binfmt_misc {
+        return Ok(());
+    }
+    Err((Step::Exec, libc::ENOEXEC))
+}
+
+/// Whether `binfmt_misc` handlers are registered (they may run files that are neither ELF
+/// nor `#!`).
+fn binfmt_misc_active() -> bool {
+    std::fs::read_dir("/proc/sys/fs/binfmt_misc").is_ok_and(|d| {
+        d.flatten()
+            .any(|e| !matches!(e.file_name().to_str(), Some("register" | "status")))
+    })
+}
+
+/// The interpreter a `#!` script at `path` names, for messages.
+fn interpreter_of(path: &Path) -> Option<String> {
+    let mut head = [0u8; 256];
+    let n = std::io::Read::read(&mut std::fs::File::open(path).ok()?, &mut head).ok()?;
+    let line = head[..n].strip_prefix(b"#!")?.trim_ascii_start();
+    let end = line
+        .iter()
+        .position(|&b| b == b' ' || b == b'\t' || b == b'\n')
+        .unwrap_or(line.len());
+    Some(String::from_utf8_lossy(&line[..end]).into_owned())
 }
 
 /// Reset every signal disposition to the default, handlers and ignored signals alike, as
@@ -1098,8 +1185,16 @@ pub(crate) fn child_error(
     step: Option<Step>,
     errno: i32,
 ) -> Error {
+    let interpreter = (step == Some(Step::Interpreter))
+        .then(|| which(program).and_then(|p| interpreter_of(&p)))
+        .flatten();
     let source = io::Error::from_raw_os_error(errno);
     match step {
+        Some(Step::Interpreter) => Error::Interpreter {
+            program: program.to_owned(),
+            interpreter: interpreter.unwrap_or_else(|| "named by its #! line".into()),
+            source,
+        },
         Some(Step::Exec) if errno == libc::ENOENT || errno == libc::ENOTDIR => Error::NotFound {
             program: program.to_owned(),
             where_: if searched_path {
@@ -1125,6 +1220,15 @@ pub(crate) fn child_error(
             source,
         },
     }
+}
+
+/// Where `program` is, as the child found it (for messages only).
+fn which(program: &str) -> Option<std::path::PathBuf> {
+    let path = std::env::var_os("PATH");
+    candidates(OsStr::new(program), path.as_deref())
+        .into_iter()
+        .map(|c| std::path::PathBuf::from(OsStr::from_bytes(&c)))
+        .find(|p| p.is_file())
 }
 
 fn reap(pid: libc::pid_t) {
