@@ -141,6 +141,7 @@ pub struct Launch {
     kill_on_exit: bool,
     parent_death_signal: Option<i32>,
     process_group: bool,
+    terminal: bool,
     inetd: Option<Arc<OwnedFd>>,
     ready: Option<(Wait, Duration)>,
     signals: Option<Arc<Signals>>,
@@ -167,6 +168,7 @@ impl Launch {
             kill_on_exit: true,
             parent_death_signal: None,
             process_group: true,
+            terminal: false,
             inetd: None,
             ready: None,
             signals: None,
@@ -454,6 +456,21 @@ impl Launch {
         self
     }
 
+    /// Give the daemon's process group the terminal on our stdin, when it is ours (we are
+    /// its foreground group): its Ctrl-C and Ctrl-Z then reach the daemon, once, and the
+    /// daemon can read from it, as a shell does for a foreground job. The terminal comes back
+    /// to us when the daemon is reaped. Off by default (a test has no business with the
+    /// terminal); `sd-launch --foreground` turns it on.
+    ///
+    /// ```
+    /// let launch = sd_launch::Launch::new("my-daemon").foreground_terminal(true);
+    /// # let _ = launch;
+    /// ```
+    pub fn foreground_terminal(mut self, take: bool) -> Launch {
+        self.terminal = take;
+        self
+    }
+
     /// inetd style, systemd's `Accept=yes` with `StandardInput=socket`: `conn` (usually an
     /// accepted connection) becomes the daemon's stdin and stdout, and the daemon gets no
     /// sockets at fd 3 and no `LISTEN_*` variables. Combining it with
@@ -698,6 +715,7 @@ impl Launch {
             kill_on_exit,
             parent_death_signal,
             process_group,
+            terminal,
             inetd,
             ready,
             signals,
@@ -786,6 +804,7 @@ impl Launch {
         plan.sockets = fds.iter().map(AsRawFd::as_raw_fd).collect();
         plan.parent_death_signal = parent_death_signal;
         plan.process_group = process_group;
+        plan.foreground_tty = (terminal && process_group && our_terminal(0)).then_some(0);
         Ok(Prepared {
             program: program.to_string_lossy().into_owned(),
             plan,
@@ -999,6 +1018,12 @@ impl Held {
             }
         }
     }
+}
+
+/// Whether `fd` is a terminal whose foreground process group is ours.
+fn our_terminal(fd: i32) -> bool {
+    // SAFETY: isatty, tcgetpgrp and getpgrp only read their arguments and process state.
+    unsafe { libc::isatty(fd) == 1 && libc::tcgetpgrp(fd) == libc::getpgrp() }
 }
 
 /// Where a binary of the workspace under test is (see [`Launch::cargo_bin`]).

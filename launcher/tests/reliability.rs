@@ -317,3 +317,43 @@ fn in_the_foreground_a_script_that_cannot_run_prints_nothing_and_says_why() {
         assert!(!err.contains("command not found"), "{mode:?}: {err}");
     }
 }
+
+#[test]
+fn in_the_foreground_the_daemon_gets_the_terminal_and_gives_it_back() {
+    // `script` (util-linux) runs sd-launch on a pseudo-terminal of its own.
+    if !std::path::Path::new("/usr/bin/script").is_file() {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "script is missing"
+        );
+        eprintln!(
+            "SKIPPED: /usr/bin/script not found; install it with `apt-get install -y util-linux`"
+        );
+        return;
+    }
+    let inner = format!(
+        "{SD_LAUNCH} --foreground -- sh -c 'ps -o tpgid=,pgid= -p $$'; ps -o tpgid=,pgid= -p $$"
+    );
+    let out = Command::new("/usr/bin/script")
+        .args(["-qec", &inner, "/dev/null"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).replace('\r', "");
+    let pid = text
+        .lines()
+        .find_map(|l| l.strip_prefix("LAUNCHED_PID="))
+        .unwrap_or_else(|| panic!("{text}"))
+        .trim()
+        .to_owned();
+    let pairs: Vec<Vec<&str>> = text
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .filter(|w| w.len() == 2 && w.iter().all(|x| x.bytes().all(|b| b.is_ascii_digit())))
+        .collect();
+    assert_eq!(pairs.len(), 2, "{text}");
+    // The daemon's group is the terminal's foreground group while it runs...
+    assert_eq!(pairs[0], [pid.as_str(), pid.as_str()], "{text}");
+    // ...and the shell that ran sd-launch has it back afterwards.
+    assert_eq!(pairs[1][0], pairs[1][1], "{text}");
+}

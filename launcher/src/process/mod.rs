@@ -30,6 +30,8 @@ pub(crate) struct Child {
     group: bool,
     /// Registered with the [`guardian`]: killed (with its group) when this process ends.
     guarded: bool,
+    /// The terminal whose foreground the child's group was given, to take back at reap.
+    tty: Option<RawFd>,
     status: Option<ExitStatus>,
 }
 
@@ -47,6 +49,7 @@ impl Child {
             pidfd: Some(pidfd),
             group: plan.process_group,
             guarded: guard && guardian::register(pid, plan.process_group),
+            tty: plan.foreground_tty.filter(|_| plan.process_group),
             status: None,
         };
         Ok((child, gate))
@@ -205,6 +208,10 @@ impl Child {
             // SAFETY: kill with a negative pid signals the process group we created, whose
             // leader is an unreaped zombie.
             unsafe { libc::kill(-self.pid, libc::SIGKILL) };
+        }
+        if let Some(tty) = self.tty.take() {
+            // The terminal comes back to us, as a shell takes it back from a finished job.
+            let _ = spawn::reclaim_foreground(tty);
         }
         // The guardian forgets the pid before it can be reused, that is before the reap.
         self.unguard();

@@ -384,8 +384,6 @@ impl Gate {
 /// [`Plan::foreground_tty`] is gone. `SIGTTOU` is blocked in the calling thread meanwhile:
 /// we are a background group of that terminal until this succeeds, and `tcsetpgrp` from the
 /// background would otherwise stop us.
-// Not called yet: for the caller that sets `foreground_tty` (the integrator's foreground mode).
-#[cfg_attr(not(test), allow(dead_code))]
 pub(crate) fn reclaim_foreground(tty: RawFd) -> io::Result<()> {
     let mut ttou = empty_sigset();
     let mut old = empty_sigset();

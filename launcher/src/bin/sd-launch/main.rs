@@ -102,8 +102,12 @@ fn foreground(args: &Args) -> Result<i32, Error> {
     let signals = block_signals()?;
     let launch = args
         .launch()?
+        .foreground_terminal(true)
         .stop_on(&signals)
         .map_err(os("copy the signal fd"))?;
+    // A background group writing to the terminal must not be stopped (`stty tostop`).
+    // SAFETY: installing SIG_IGN runs no code of ours; the daemon starts with defaults.
+    unsafe { libc::signal(libc::SIGTTOU, libc::SIG_IGN) };
     let mut daemon = if args.waits() {
         let mut daemon = launch.spawn()?;
         if let Err(source) = print(args, daemon.pid(), daemon.sockets()) {
