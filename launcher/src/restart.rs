@@ -20,9 +20,9 @@ use crate::error::Error;
 use crate::launch::{Launch, Prepared};
 use crate::launched::Launched;
 use crate::sockets::LaunchedSocket;
-use crate::supervisor::Wait;
 use crate::supervisor::ready::ready_message;
 use crate::supervisor::{Event, FORWARDED, Key, Policy, STOPPING, Signals, Watch, run};
+use crate::supervisor::{FIRST_BACKOFF, MAX_BACKOFF, Wait};
 
 /// When [`supervise()`] starts the daemon again.
 ///
@@ -313,9 +313,6 @@ pub fn supervise(
     supervisor.service.stop_all(stop_timeout);
     result
 }
-
-const FIRST_BACKOFF: Duration = Duration::from_millis(100);
-const MAX_BACKOFF: Duration = Duration::from_secs(10);
 
 struct Supervise<'a> {
     service: &'a mut Service,

@@ -34,7 +34,9 @@ use crate::launch::Launch;
 use crate::launched::{Launched, wait_all_ready};
 use std::time::{Duration, Instant};
 
-use crate::supervisor::{Event, FORWARDED, Key, Policy, STOPPING, Signals, Watch, run};
+use crate::supervisor::{
+    Event, FIRST_BACKOFF, FORWARDED, Key, MAX_BACKOFF, Policy, STOPPING, Signals, Watch, run,
+};
 use crate::template::Addresses;
 
 /// The most daemons a stack may have.
@@ -357,9 +359,6 @@ pub fn supervise(
     );
     result
 }
-
-const FIRST_BACKOFF: Duration = Duration::from_millis(100);
-const MAX_BACKOFF: Duration = Duration::from_secs(10);
 
 struct Supervise {
     running: RunningStack,

@@ -27,6 +27,11 @@ mod signals;
 pub(crate) use signals::STOPPING;
 pub use signals::{DEFAULT_STOP_TIMEOUT, FORWARDED, Signals, exit_code};
 
+/// The backoff of a daemon restarted after it exited (`--restart=on-exit`, a stack's
+/// `restart = "on-exit"`): the first pause, doubled after each restart up to the last.
+pub(crate) const FIRST_BACKOFF: std::time::Duration = std::time::Duration::from_millis(100);
+pub(crate) const MAX_BACKOFF: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// What woke the loop, as a policy named it in its [`Watch`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Key {
