@@ -357,3 +357,24 @@ fn in_the_foreground_the_daemon_gets_the_terminal_and_gives_it_back() {
     // ...and the shell that ran sd-launch has it back afterwards.
     assert_eq!(pairs[1][0], pairs[1][1], "{text}");
 }
+
+#[test]
+fn an_error_with_stderr_gone_keeps_its_exit_code() {
+    // The log reader has gone: the one-line error meets a broken pipe.
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let status = sd_launch(&["-l", "not an address", "--", "true"])
+        .stdout(Stdio::null())
+        .stderr(writer)
+        .status()
+        .unwrap();
+    assert_eq!(status.code(), Some(2), "a panic would be 101");
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let status = sd_launch(&["--", "no-such-program-anywhere"])
+        .stdout(Stdio::null())
+        .stderr(writer)
+        .status()
+        .unwrap();
+    assert_eq!(status.code(), Some(127), "a panic would be 101");
+}
