@@ -148,3 +148,49 @@ fn every_readiness_strategy_gets_a_first_response() {
         );
     }
 }
+
+/// Row 10 needs only this crate's `bench-daemon` (its `chain` mode). Every start of ours (a
+/// `Stack` of 3 and of 10 chained daemons, bare and with 20 ms of start-up work) and of the
+/// sum of single launches must get its reply through the whole chain; compose style is
+/// reported, not asserted, and no timing is.
+#[test]
+fn every_stacked_chain_answers_through_the_whole_chain() {
+    let out_dir = tempfile::tempdir().expect("temp dir");
+    let output = Command::new(env!("CARGO_BIN_EXE_sd-launch-bench"))
+        .args(["--quick", "--rows", "10"])
+        .env("SD_BENCH_OUT", out_dir.path())
+        .output()
+        .expect("run the harness");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "harness failed: {stderr}");
+    let text = std::fs::read_to_string(out_dir.path().join("report.json")).expect("report.json");
+    let rows: Vec<serde_json::Value> = serde_json::from_str(&text).expect("valid JSON");
+    // Per start-up work (0, 20 ms) and length (3, 10): ours against compose style, the sum
+    // of singles, and the goal.
+    assert_eq!(rows.len(), 12, "{rows:#?}");
+    for (i, row) in rows.iter().enumerate() {
+        let n = ["stack of 3 daemons, 0 ms", "stack of 10 daemons, 0 ms"];
+        let n = [
+            n[0],
+            n[1],
+            "stack of 3 daemons, 20 ms",
+            "stack of 10 daemons, 20 ms",
+        ][i / 3];
+        let name = row["name"].as_str().unwrap_or_default();
+        assert!(name.starts_with("10. ") && name.contains(n), "{row}");
+        assert_eq!(row["ours"]["unit"], "ms", "{row}");
+        assert_eq!(
+            row["ours"]["n"], 3,
+            "a stacked chain failed: {row}\n{stderr}"
+        );
+        let baseline = row["baseline"]["name"].as_str().unwrap_or_default();
+        let wanted = ["compose style", "sum of", "goal:"][i % 3];
+        assert!(baseline.starts_with(wanted), "{row}");
+        if i % 3 != 0 {
+            assert_eq!(
+                row["baseline"]["n"], 3,
+                "a single launch of the chain failed: {row}\n{stderr}"
+            );
+        }
+    }
+}

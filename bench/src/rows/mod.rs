@@ -1,5 +1,5 @@
 //! One module per row of issue 7 (and row 7, restarts, of issue 8; row 8, spawn cost, of
-//! issue 14). Each returns table rows
+//! issue 14; row 9, readiness, of issue 15; row 10, stacks, of issue 16). Each returns table rows
 //! ([`crate::Row`]).
 
 pub mod launch;
@@ -11,3 +11,4 @@ pub mod receiver;
 pub mod restarts;
 pub mod serving;
 pub mod spawn;
+pub mod stacks;

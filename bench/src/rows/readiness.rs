@@ -57,7 +57,7 @@ fn poll(demo_server: &daemons::Daemon, interval: Duration) -> io::Result<f64> {
 }
 
 /// One way of starting demo-server, returning milliseconds to the first response.
-type Way<'a> = Box<dyn FnMut() -> io::Result<f64> + 'a>;
+pub(crate) type Way<'a> = Box<dyn FnMut() -> io::Result<f64> + 'a>;
 
 /// The library launch of demo-server, with its default log level whatever our `RUST_LOG`
 /// says (the log strategy needs the `info` line).
@@ -73,7 +73,7 @@ fn waiting(program: &Path, wait: Wait) -> Launch {
 /// Every way once per round, like [`interleave`], but in a new order each round (a fixed
 /// pseudo-random shuffle): the way measured right after a poll's sleeps runs a few tenths of
 /// a millisecond slower (a cold CPU), and in a fixed order that would always be the same way.
-fn shuffled_rounds(rounds: usize, ways: &mut [Way<'_>]) -> (Vec<Vec<f64>>, Vec<String>) {
+pub(crate) fn shuffled_rounds(rounds: usize, ways: &mut [Way<'_>]) -> (Vec<Vec<f64>>, Vec<String>) {
     let mut series = vec![Vec::with_capacity(rounds); ways.len()];
     let mut errors = Vec::new();
     let mut order: Vec<usize> = (0..ways.len()).collect();
