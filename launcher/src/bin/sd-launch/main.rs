@@ -85,6 +85,9 @@ fn background(args: &Args) -> Result<i32, Error> {
     let signals = block_signals()?;
     let mut daemon = args
         .launch()?
+        // Guarded only while sd-launch waits for readiness (killed then, the daemon must
+        // not stay); without a wait it is detached at once, and the guardian's fork is saved.
+        .kill_on_exit(args.waits())
         .stop_on(&signals)
         .map_err(os("copy the signal fd"))?
         .spawn()?;
