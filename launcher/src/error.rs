@@ -221,6 +221,14 @@ pub enum Error {
         /// The OS error.
         source: io::Error,
     },
+    /// A template (`${NAME.addr}`, ...) in a daemon's command or environment is wrong.
+    #[error("{key}: {reason}")]
+    Template {
+        /// Where it is: `command[1]`, `env.API_URL`.
+        key: String,
+        /// What is wrong with it.
+        reason: String,
+    },
 }
 
 fn spaced(when: &str) -> String {
@@ -276,7 +284,8 @@ impl Error {
             | Error::EnvName { .. }
             | Error::NoSuchSocket { .. }
             | Error::Pattern { .. }
-            | Error::Conflict(_) => 2,
+            | Error::Conflict(_)
+            | Error::Template { .. } => 2,
             Error::Socket { .. } | Error::PathInUse { .. } | Error::NoDirectory { .. } => 3,
             Error::Spawn { .. }
             | Error::Os { .. }

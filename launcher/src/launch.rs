@@ -632,7 +632,6 @@ impl Launch {
 
     /// Expand the templates (`${NAME.addr}`, ...) of the program, the arguments and the
     /// environment values; the error names the key (`command[1]`, `env.API_URL`) and why.
-    #[allow(dead_code)] // used by stacks (next commit)
     pub(crate) fn expand_templates(
         &mut self,
         addresses: &crate::template::Addresses<'_>,
@@ -649,6 +648,20 @@ impl Launch {
             }
         }
         Ok(())
+    }
+
+    /// The texts templates are expanded in: the program, the arguments, the environment
+    /// values.
+    pub(crate) fn template_texts(&self) -> Vec<&OsStr> {
+        let mut texts = vec![self.program.as_os_str()];
+        texts.extend(self.args.iter().map(OsString::as_os_str));
+        texts.extend(self.env.values().flatten().map(OsString::as_os_str));
+        texts
+    }
+
+    /// Take the sockets this launch would listen on (it is left with none added).
+    pub(crate) fn take_sockets(&mut self) -> SocketSet {
+        std::mem::take(&mut self.sockets)
     }
 
     /// The second half of [`prepare`](Launch::prepare), with sockets bound already.

@@ -41,7 +41,8 @@
 //! 4. `launch` and `launched`: the [`Launch`] builder and the [`Launched`] handle a test
 //!    holds (drop stops everything it owns); [`Shared`]: one daemon for a whole test binary;
 //! 5. the modes built on handles and the loop: [`restart`] (a [`Service`](restart::Service)
-//!    whose sockets outlive its daemons) and [`accept`] (one daemon per connection).
+//!    whose sockets outlive its daemons), [`accept`] (one daemon per connection) and
+//!    [`proxy`] (connections forwarded to a daemon that binds its own socket).
 //!
 //! Feature `tokio`: [`Launch::spawn_async`] and [`Launched::wait_async`] for async tests.
 //!
@@ -59,6 +60,7 @@ mod error;
 mod launch;
 mod launched;
 mod process;
+pub mod proxy;
 pub mod restart;
 mod shared;
 pub mod sockets;

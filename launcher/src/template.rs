@@ -12,8 +12,6 @@
 //! `$$` is a literal `$`; any other `$` is left as it is (a shell variable in an argument
 //! stays a shell variable).
 
-#![allow(dead_code)] // used by stacks (next commit)
-
 use std::ffi::{OsStr, OsString};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 
