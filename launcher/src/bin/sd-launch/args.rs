@@ -192,6 +192,29 @@ pub(crate) struct Args {
     )]
     pub(crate) max_connections: u32,
 
+    /// Proxy mode (systemd-socket-proxyd built in), for daemons that do not speak
+    /// LISTEN_FDS: sd-launch binds the sockets as usual and tells the daemon where to listen
+    /// privately with a template in its arguments or environment, ${backend.path} (a Unix
+    /// socket in a private 0700 directory, preferred) or ${backend.port} / ${backend.addr}
+    /// (a free loopback TCP port), then forwards every connection to it as soon as it
+    /// accepts (clients wait meanwhile, up to --connect-timeout). sd-launch stays to
+    /// proxy: in the background a proxy process of its own (LAUNCHED_PID; kill it to stop
+    /// the daemon and the proxy), or in the foreground with --foreground. The daemon's exit
+    /// closes the sockets. Streams only.
+    #[arg(long, conflicts_with_all = ["accept", "restart", "ready", "ready_when"])]
+    pub(crate) proxy: bool,
+
+    /// With --proxy: how long a connection waits for the daemon to accept it before it is
+    /// closed (logged, with the end of the daemon's stderr).
+    #[arg(
+        long,
+        value_name = "SECS",
+        default_value = "30",
+        requires = "proxy",
+        value_parser = parse_seconds
+    )]
+    pub(crate) connect_timeout: Duration,
+
     /// The daemon and its arguments.
     #[arg(
         required = true,
@@ -212,6 +235,8 @@ pub(crate) enum Mode {
     Restart(Restart),
     /// One daemon per connection.
     Accept(Pass),
+    /// `--proxy`, in the foreground (`true`) or in a proxy process of its own.
+    Proxy(bool),
 }
 
 impl Args {
@@ -248,7 +273,9 @@ impl Args {
 
     /// The mode these options ask for.
     pub(crate) fn mode(&self) -> Mode {
-        if self.accept {
+        if self.proxy {
+            Mode::Proxy(self.foreground)
+        } else if self.accept {
             Mode::Accept(if self.inetd { Pass::Inetd } else { Pass::Fd })
         } else if let Some(policy) = &self.restart {
             Mode::Restart(policy.parse().expect("clap checked the value"))
@@ -427,4 +454,27 @@ fn open_out(path: &Path, stream: &'static str) -> Result<File, Error> {
             stream,
             source,
         })
+}
+
+impl Args {
+    /// `--proxy`: the public sockets and the daemon behind them. The daemon dies with the
+    /// proxy (it cannot be reached without it); its stderr goes where it would in the
+    /// foreground, and is also captured for the log of a connection that times out.
+    pub(crate) fn proxy(&self) -> Result<sd_launch::proxy::Proxy, Error> {
+        let mut options = sd_launch::proxy::Options::new()
+            .socket_mode(self.socket_mode)
+            .connect_timeout(self.connect_timeout)
+            .stop_timeout(self.stop_timeout);
+        if let Some(backlog) = self.backlog {
+            options = options.backlog(backlog);
+        }
+        for spec in self.specs()? {
+            options = options.listen(spec);
+        }
+        let mut daemon = self.daemon()?.parent_death_signal(libc::SIGKILL);
+        if self.foreground && self.stderr.is_none() && self.outfile.is_none() {
+            daemon = daemon.stderr(Stdio::capture_and_copy(dup(2)?));
+        }
+        options.bind(daemon)
+    }
 }
