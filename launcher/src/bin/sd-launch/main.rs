@@ -159,6 +159,7 @@ fn proxy(args: &Args, foreground: bool) -> Result<i32, Error> {
                     std::io::Error::last_os_error(),
                 ));
             }
+            drop(null);
             serve(proxy)
         }
         pid => {
