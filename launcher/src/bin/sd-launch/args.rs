@@ -200,8 +200,10 @@ pub(crate) struct Args {
     /// accepts (clients wait meanwhile, up to --connect-timeout). sd-launch stays to
     /// proxy: in the background a proxy process of its own (LAUNCHED_PID; kill it to stop
     /// the daemon and the proxy), or in the foreground with --foreground. The daemon's exit
-    /// closes the sockets. Streams only.
-    #[arg(long, conflicts_with_all = ["accept", "restart", "ready", "ready_when"])]
+    /// closes the sockets. Streams only. With --restart, SIGHUP starts a new daemon on a new
+    /// backend, which takes the new connections once it accepts; the old one gets SIGTERM
+    /// once its connections are done.
+    #[arg(long, conflicts_with_all = ["accept", "ready", "ready_when"])]
     pub(crate) proxy: bool,
 
     /// With --proxy: how long a connection waits for the daemon to accept it before it is
@@ -461,7 +463,14 @@ impl Args {
     /// proxy (it cannot be reached without it); its stderr goes where it would in the
     /// foreground, and is also captured for the log of a connection that times out.
     pub(crate) fn proxy(&self) -> Result<sd_launch::proxy::Proxy, Error> {
+        if self.restart.as_deref() == Some("on-exit") {
+            return Err(Error::Conflict(
+                "--proxy restarts on SIGHUP (--restart or --restart=on-hup); \
+                 --restart=on-exit is not supported with --proxy yet",
+            ));
+        }
         let mut options = sd_launch::proxy::Options::new()
+            .restart_on_hup(self.restart.is_some())
             .socket_mode(self.socket_mode)
             .connect_timeout(self.connect_timeout)
             .stop_timeout(self.stop_timeout);
