@@ -430,3 +430,76 @@ fn a_daemon_never_told_where_to_listen_is_a_usage_error() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("stream connections"));
 }
+
+#[test]
+fn sighup_restarts_under_load_fail_no_request() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    // demo-server binds its own --listen: a new port for every daemon.
+    let proxy = Background::start(&[
+        OsStr::new("--restart"),
+        OsStr::new("--"),
+        bin("demo-server").as_os_str(),
+        OsStr::new("--listen"),
+        OsStr::new("127.0.0.1:${backend.port}"),
+    ]);
+    let addr = proxy.addr();
+    let done = Arc::new(AtomicBool::new(false));
+    let (tx, rx) = std::sync::mpsc::channel::<u64>();
+    let clients: Vec<_> = (0..4)
+        .map(|_| {
+            let (done, tx) = (done.clone(), tx.clone());
+            std::thread::spawn(move || {
+                let (mut served, mut failures) = (0u32, Vec::new());
+                while !done.load(Ordering::Relaxed) {
+                    match get_tcp(addr, "/info") {
+                        Ok(r) if r.status == 200 => {
+                            let info: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+                            let _ = tx.send(info["pid"].as_u64().unwrap());
+                            served += 1;
+                        }
+                        other => failures.push(format!("{other:?}")),
+                    }
+                }
+                (served, failures)
+            })
+        })
+        .collect();
+    let mut pids = vec![
+        rx.recv_timeout(Duration::from_secs(20))
+            .expect("a first reply"),
+    ];
+    for _ in 0..5 {
+        // SAFETY: kill(2) on the proxy process this test started.
+        unsafe { libc::kill(proxy.pid as libc::pid_t, libc::SIGHUP) };
+        let end = Instant::now() + Duration::from_secs(20);
+        loop {
+            let pid = rx
+                .recv_timeout(end.saturating_duration_since(Instant::now()))
+                .unwrap_or_else(|_| panic!("no reply from a new daemon\n{}", proxy.log()));
+            if !pids.contains(&pid) {
+                pids.push(pid);
+                break;
+            }
+        }
+        // Under load for 100 more requests before the next restart.
+        for _ in 0..100 {
+            rx.recv_timeout(Duration::from_secs(20))
+                .expect("replies go on");
+        }
+    }
+    done.store(true, Ordering::Relaxed);
+    let mut served = 0;
+    for client in clients {
+        let (n, failures) = client.join().unwrap();
+        assert!(
+            failures.is_empty(),
+            "{} failed: {failures:?}\n{}",
+            failures.len(),
+            proxy.log()
+        );
+        served += n;
+    }
+    assert_eq!(pids.len(), 6, "six daemons served in turn: {pids:?}");
+    eprintln!("{served} requests over 5 restarts, 0 failed");
+}
