@@ -659,6 +659,11 @@ impl Launch {
         texts
     }
 
+    /// How the daemon says it is ready, if asked ([`Launch::wait_until`]).
+    pub(crate) fn readiness(&self) -> Option<&Wait> {
+        self.ready.as_ref().map(|(wait, _)| wait)
+    }
+
     /// Take the sockets this launch would listen on (it is left with none added).
     pub(crate) fn take_sockets(&mut self) -> SocketSet {
         std::mem::take(&mut self.sockets)

@@ -4,7 +4,7 @@
 //! traffic only; each test stops what it started.
 
 use sd_launch_tests::{ChildGuard, bin, get_tcp, tool, wait_gone};
-use std::ffi::OsStr;
+use std::ffi::{OsStr, OsString};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::path::PathBuf;
@@ -502,4 +502,111 @@ fn sighup_restarts_under_load_fail_no_request() {
     }
     assert_eq!(pids.len(), 6, "six daemons served in turn: {pids:?}");
     eprintln!("{served} requests over 5 restarts, 0 failed");
+}
+
+/// PostgreSQL's server binaries (`initdb`, `postgres`), which Debian keeps off PATH.
+fn postgres_bin() -> Option<PathBuf> {
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path().join("bin"))
+        .filter(|bin| bin.join("postgres").is_file() && bin.join("initdb").is_file())
+        .collect();
+    dirs.sort();
+    dirs.pop()
+        .or_else(|| sd_launch_tests::skip("PostgreSQL's server", "apt-get install -y postgresql"))
+}
+
+#[test]
+fn postgresql_answers_psql_at_once_behind_the_proxy() {
+    let (Some(pg), Some(psql)) = (postgres_bin(), tool("psql", "postgresql-client")) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    // PostgreSQL refuses to run as root: then it runs as the postgres user, on a data
+    // directory of its own.
+    // SAFETY: getuid has no preconditions.
+    let as_user: Vec<String> = if unsafe { libc::getuid() } == 0 {
+        let out = Command::new("id")
+            .args(["-u", "postgres"])
+            .output()
+            .unwrap();
+        let uid: u32 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+        let out = Command::new("id")
+            .args(["-g", "postgres"])
+            .output()
+            .unwrap();
+        let gid: u32 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+        std::os::unix::fs::chown(dir.path(), Some(uid), Some(gid)).unwrap();
+        [
+            "setpriv",
+            "--reuid=postgres",
+            "--regid=postgres",
+            "--init-groups",
+        ]
+        .map(String::from)
+        .to_vec()
+    } else {
+        Vec::new()
+    };
+    let data = dir.path().join("data");
+    let initdb = Command::new(as_user.first().map_or(pg.join("initdb"), PathBuf::from))
+        .args(as_user.iter().skip(1))
+        .args(
+            as_user
+                .is_empty()
+                .then(Vec::new)
+                .unwrap_or_else(|| vec![pg.join("initdb")]),
+        )
+        .arg("-D")
+        .arg(&data)
+        .args(["-U", "postgres", "--auth=trust", "-N"])
+        .output()
+        .unwrap();
+    assert!(
+        initdb.status.success(),
+        "initdb: {}",
+        String::from_utf8_lossy(&initdb.stderr)
+    );
+    let mut args: Vec<OsString> = vec!["--".into()];
+    args.extend(as_user.iter().map(OsString::from));
+    args.push(pg.join("postgres").into());
+    args.extend(["-D".into(), data.into_os_string()]);
+    for a in [
+        "-h",
+        "127.0.0.1",
+        "-p",
+        "${backend.port}",
+        "-k",
+        "",
+        "-c",
+        "fsync=off",
+    ] {
+        args.push(a.into());
+    }
+    // PostgreSQL listens before it can serve ("the database system is starting up"), and
+    // says READY=1 when it can: --ready makes connections wait for that.
+    args.insert(0, "--ready".into());
+    let proxy = Background::start(&args);
+    // At once: psql's connection waits in the proxy while PostgreSQL starts.
+    let out = Command::new(psql)
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &proxy.port.to_string(),
+            "-U",
+            "postgres",
+        ])
+        .args(["-tAc", "select 40 + 2"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "42",
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        proxy.log()
+    );
 }

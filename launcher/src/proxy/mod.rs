@@ -33,6 +33,10 @@
 //!   retried on a deadline of the loop, from 1 ms doubling to 50 ms (a retry, not a poll of
 //!   ours: the kernel has no "someone listens now" event to wait for). No client sees a
 //!   refusal while the daemon starts.
+//! * A daemon that listens before it can serve (PostgreSQL answers "the database system is
+//!   starting up") can say when it is ready instead: with [`Launch::ready`] (`--ready`) it
+//!   gets a `NOTIFY_SOCKET`, and connections wait for its `READY=1` before they are
+//!   connected to the backend. Other readiness checks are an [`Error::Conflict`] here.
 //! * A connection the backend has not accepted within the
 //!   [connect timeout](Options::connect_timeout) (default [`DEFAULT_CONNECT_TIMEOUT`], 30 s)
 //!   is closed, and the log says why, with the end of the daemon's stderr.
@@ -77,6 +81,7 @@ use crate::launched::Launched;
 use crate::sockets::{
     Address, CreatedPath, LaunchedSocket, SocketKind, SocketSet, SocketSpec, Transport,
 };
+use crate::supervisor::ready::ready_message;
 use crate::supervisor::{DEFAULT_STOP_TIMEOUT, Event, FORWARDED, Key, Policy, Signals, Watch, run};
 use crate::template::Addresses;
 
@@ -274,6 +279,16 @@ impl Options {
             return Err(Error::Conflict(
                 "proxy mode forwards stream connections (TCP and Unix): datagram and \
                  seqpacket sockets have none it can forward",
+            ));
+        }
+        if daemon
+            .readiness()
+            .is_some_and(|wait| !matches!(wait, crate::supervisor::Wait::Notify))
+        {
+            return Err(Error::Conflict(
+                "in proxy mode a daemon is ready when it listens on its backend, or, with \
+                 --ready, when it sends READY=1: the other --ready-when checks are not \
+                 supported with --proxy",
             ));
         }
         drop(daemon.take_sockets());
@@ -536,7 +551,8 @@ impl Proxy {
             daemon,
             backend,
             conns: 0,
-            _prepared: prepared,
+            ready: prepared.notify.is_none(),
+            prepared,
         })
     }
 
@@ -855,8 +871,25 @@ struct Generation {
     backend: Backend,
     /// Connections to its backend, open or under way.
     conns: usize,
-    /// Its plan (its output capture lives as long as it).
-    _prepared: Prepared,
+    /// Whether connections may go to it: at once, or once it sent `READY=1` when its launch
+    /// asked for that ([`Launch::ready`]).
+    ready: bool,
+    /// Its plan (its output capture and notification socket live as long as it).
+    prepared: Prepared,
+}
+
+impl Generation {
+    /// Read its notifications; whether it is ready now.
+    fn notified(&mut self) -> bool {
+        let Some(notify) = &self.prepared.notify else {
+            return self.ready;
+        };
+        match ready_message(notify, self.daemon.pid()) {
+            Ok(ready) => self.ready |= ready,
+            Err(e) => tracing::warn!("cannot read the daemon's notifications: {e}"),
+        }
+        self.ready
+    }
 }
 
 /// A restart under way: the new daemon, until it accepts a connection.
@@ -955,9 +988,30 @@ impl Forward<'_> {
         Ok(())
     }
 
-    /// Connect the waiting connections in order, until the backend refuses one.
+    /// A notification from daemon `i` (0: the current one, 1: the new one of a restart).
+    fn notified(&mut self, i: usize) {
+        if i == 0 {
+            let was = self.current.ready;
+            if self.current.notified() && !was {
+                tracing::info!(
+                    "{} is ready (READY=1): connecting {} waiting connection(s)",
+                    self.current.daemon.program(),
+                    self.waiting.len()
+                );
+                self.connect_waiting();
+            }
+        } else if self.next.as_mut().is_some_and(|n| n.generation.notified()) {
+            self.promote();
+        }
+    }
+
+    /// Connect the waiting connections in order, until the backend refuses one (none
+    /// before the daemon is ready).
     fn connect_waiting(&mut self) {
         self.retry_at = None;
+        if !self.current.ready {
+            return;
+        }
         while let Some(&n) = self.waiting.front() {
             match connect(&self.current.backend) {
                 Attempt::Started(state) => {
@@ -1149,13 +1203,18 @@ impl Forward<'_> {
                     self.current.daemon.pid()
                 );
                 let now = Instant::now();
+                let give_up_at = now + proxy.connect_timeout;
+                // Told to say READY=1: that, not listening, is when it takes over.
+                let notifies = generation.prepared.notify.is_some();
                 self.next = Some(Next {
                     generation,
-                    probe_at: now,
+                    probe_at: if notifies { give_up_at } else { now },
                     delay: RETRY_FIRST,
-                    give_up_at: now + proxy.connect_timeout,
+                    give_up_at,
                 });
-                self.probe();
+                if !notifies {
+                    self.probe();
+                }
             }
             Err(e) => tracing::warn!(
                 "SIGHUP: the new daemon could not be started ({e}); pid {} serves on",
@@ -1275,6 +1334,15 @@ impl Policy for Forward<'_> {
 
     fn watch(&self, watch: &mut Watch) {
         watch.add(Key::Stop, self.proxy.stop_rx.as_raw_fd());
+        let notify = [
+            Some(&self.current),
+            self.next.as_ref().map(|n| &n.generation),
+        ];
+        for (i, g) in notify.into_iter().enumerate() {
+            if let Some(n) = g.and_then(|g| g.prepared.notify.as_ref()) {
+                watch.add(Key::Ready(i), n.raw_fd());
+            }
+        }
         let daemons = std::iter::once(&self.current)
             .chain(self.next.as_ref().map(|n| &n.generation))
             .chain(self.draining.iter().map(|d| &d.generation));
@@ -1385,7 +1453,11 @@ impl Policy for Forward<'_> {
                 self.progress(n);
                 Ok(None)
             }
-            Event::Readable(Key::Notify | Key::Ready(_)) => Ok(None),
+            Event::Readable(Key::Ready(i)) => {
+                self.notified(i);
+                Ok(None)
+            }
+            Event::Readable(Key::Notify) => Ok(None),
             Event::Signal(sig @ (libc::SIGINT | libc::SIGTERM)) => Ok(Some(End::Signal(sig))),
             Event::Signal(sig) => {
                 if FORWARDED.contains(&sig) {
@@ -1598,6 +1670,34 @@ mod tests {
         );
         assert_eq!(pids.len(), 5, "five daemons served in turn: {pids:?}");
         assert!(ok.load(Ordering::Relaxed) >= 5);
+    }
+
+    #[test]
+    fn with_ready_clients_wait_for_ready_1_not_for_the_listening_socket() {
+        if !python() {
+            return;
+        }
+        // Listens at once but is not ready for 0.3 s, like PostgreSQL starting up.
+        let daemon = Launch::new("python3")
+            .args([
+                "-c",
+                "import os,socket,sys,time\n\
+                 s=socket.socket(socket.AF_UNIX); s.bind(sys.argv[1]); s.listen(128)\n\
+                 s.settimeout(0.3); ready=False; start=time.time()\n\
+                 while True:\n\
+                 \x20   if not ready and time.time()-start>0.3:\n\
+                 \x20       n=socket.socket(socket.AF_UNIX,socket.SOCK_DGRAM)\n\
+                 \x20       a=os.environ['NOTIFY_SOCKET']; a='\\0'+a[1:] if a[0]=='@' else a\n\
+                 \x20       n.sendto(b'READY=1',a); ready=True\n\
+                 \x20   try: c,_=s.accept()\n\
+                 \x20   except socket.timeout: continue\n\
+                 \x20   c.recv(100); c.sendall(b'ready' if ready else b'starting up'); c.close()\n",
+                "${backend.path}",
+            ])
+            .ready(Duration::from_secs(10));
+        let running = daemon.proxy().unwrap().spawn().unwrap();
+        let reply = ask(running.local_addr(0), b"hello?").unwrap();
+        assert_eq!(String::from_utf8(reply).unwrap(), "ready");
     }
 
     #[test]

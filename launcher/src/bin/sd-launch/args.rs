@@ -202,8 +202,10 @@ pub(crate) struct Args {
     /// the daemon and the proxy), or in the foreground with --foreground. The daemon's exit
     /// closes the sockets. Streams only. With --restart, SIGHUP starts a new daemon on a new
     /// backend, which takes the new connections once it accepts; the old one gets SIGTERM
-    /// once its connections are done.
-    #[arg(long, conflicts_with_all = ["accept", "ready", "ready_when"])]
+    /// once its connections are done. With --ready, connections wait for the daemon's
+    /// READY=1 (sd_notify) rather than for its socket: for daemons that listen before they
+    /// can serve, as PostgreSQL does.
+    #[arg(long, conflicts_with_all = ["accept", "ready_when"])]
     pub(crate) proxy: bool,
 
     /// With --proxy: how long a connection waits for the daemon to accept it before it is
@@ -481,6 +483,9 @@ impl Args {
             options = options.listen(spec);
         }
         let mut daemon = self.daemon()?.parent_death_signal(libc::SIGKILL);
+        if let Some(timeout) = self.ready {
+            daemon = daemon.ready(timeout);
+        }
         if self.foreground && self.stderr.is_none() && self.outfile.is_none() {
             daemon = daemon.stderr(Stdio::capture_and_copy(dup(2)?));
         }
