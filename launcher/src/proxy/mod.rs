@@ -21,7 +21,10 @@
 //!   at the end). Preferred: nobody else can take it, nothing to race for.
 //! * `${backend.port}`, `${backend.addr}`: a free loopback TCP port (`127.0.0.1:PORT`),
 //!   for daemons without Unix sockets. The port is free when chosen, but another process
-//!   could take it before the daemon binds it.
+//!   could take it before the daemon binds it: a daemon that exits before it was ever
+//!   reached, saying "address in use" on stderr (or with its port taken now), is started
+//!   again on a new port, up to 5 times, while its clients wait. (A process that listens on
+//!   the taken port would get the clients instead: prefer the Unix backend.)
 //!
 //! A daemon told neither is an [`Error::Conflict`] (exit 2: "the daemon is never told where
 //! to listen"), and so is a daemon told both.
@@ -106,6 +109,9 @@ const RESTART: u8 = b'R';
 
 /// The first retry of a connection the backend refused (it is not listening yet).
 const RETRY_FIRST: Duration = Duration::from_millis(1);
+/// How many times a daemon is started again because its TCP port was taken.
+const MAX_PORT_RETRIES: u32 = 5;
+
 /// Retries double up to this.
 const RETRY_MAX: Duration = Duration::from_millis(50);
 
@@ -488,6 +494,7 @@ impl Proxy {
             next: None,
             draining: Vec::new(),
             generations: 0,
+            port_retries: 0,
             conns: HashMap::new(),
             waiting: VecDeque::new(),
             retry_at: None,
@@ -551,6 +558,7 @@ impl Proxy {
             daemon,
             backend,
             conns: 0,
+            served: false,
             ready: prepared.notify.is_none(),
             prepared,
         })
@@ -871,6 +879,8 @@ struct Generation {
     backend: Backend,
     /// Connections to its backend, open or under way.
     conns: usize,
+    /// A connection reached it: it listened where it was told.
+    served: bool,
     /// Whether connections may go to it: at once, or once it sent `READY=1` when its launch
     /// asked for that ([`Launch::ready`]).
     ready: bool,
@@ -934,6 +944,8 @@ struct Forward<'a> {
     draining: Vec<Draining>,
     /// Restarts so far.
     generations: u64,
+    /// Daemons started again because another process took their TCP port first.
+    port_retries: u32,
     conns: HashMap<u64, Conn>,
     /// Connections waiting for the backend, oldest first.
     waiting: VecDeque<u64>,
@@ -988,6 +1000,58 @@ impl Forward<'_> {
         Ok(())
     }
 
+    /// Whether the current daemon, which just exited without ever being reached, failed
+    /// because another process took its TCP port between our choice and its bind: its
+    /// stderr says "address in use", or the port is taken now.
+    fn port_taken(&self) -> bool {
+        let Backend::Tcp(addr) = self.current.backend else {
+            return false;
+        };
+        if self.current.served || self.port_retries >= MAX_PORT_RETRIES {
+            return false;
+        }
+        let said = self
+            .current
+            .daemon
+            .stderr_tail()
+            .is_some_and(|t| t.to_ascii_lowercase().contains("in use"));
+        said || std::net::TcpListener::bind(addr)
+            .is_err_and(|e| e.kind() == io::ErrorKind::AddrInUse)
+    }
+
+    /// Start the daemon again on a new port, in place of the one that exited: clients
+    /// waiting for it wait for the new one.
+    fn new_port(&mut self, status: ExitStatus) -> Result<(), Error> {
+        self.port_retries += 1;
+        self.generations += 1;
+        let proxy = self.proxy;
+        let backend = backend_for(proxy.kind, proxy._dir.as_ref(), self.generations)?;
+        tracing::warn!(
+            "{} exited ({status}): another process took its port {}; starting it again on \
+             {backend:?}",
+            self.current.daemon.program(),
+            match &self.current.backend {
+                Backend::Tcp(a) => a.port(),
+                Backend::Unix(_) => 0,
+            }
+        );
+        let launch = expand(&proxy.template, &backend)?;
+        let new = proxy.start(launch, backend, self.generations)?;
+        let old = std::mem::replace(&mut self.current, new);
+        // Connections under way to the old port go back to waiting, for the new one.
+        for (n, conn) in &mut self.conns {
+            if conn.generation == Some(old.number) && !matches!(conn.state, State::Open { .. }) {
+                conn.state = State::Waiting;
+                conn.generation = None;
+                self.waiting.push_front(*n);
+            }
+        }
+        self.retry_at = None;
+        self.delay = RETRY_FIRST;
+        self.connect_waiting();
+        Ok(())
+    }
+
     /// A notification from daemon `i` (0: the current one, 1: the new one of a restart).
     fn notified(&mut self, i: usize) {
         if i == 0 {
@@ -1012,7 +1076,10 @@ impl Forward<'_> {
         if !self.current.ready {
             return;
         }
-        while let Some(&n) = self.waiting.front() {
+        // A refusal seen only once the connection was under way also sets `retry_at`.
+        while self.retry_at.is_none()
+            && let Some(&n) = self.waiting.front()
+        {
             match connect(&self.current.backend) {
                 Attempt::Started(state) => {
                     self.waiting.pop_front();
@@ -1066,6 +1133,9 @@ impl Forward<'_> {
         };
         if let State::Connecting(socket) = &conn.state {
             match socket.take_error() {
+                // No error yet, and no peer: the connection is still under way (POLLOUT
+                // tells when it is done).
+                Ok(None) if socket.peer_addr().is_err() => return,
                 Ok(None) => {
                     let State::Connecting(backend) =
                         std::mem::replace(&mut conn.state, State::Waiting)
@@ -1077,6 +1147,7 @@ impl Forward<'_> {
                         up: Flow::new(),
                         down: Flow::new(),
                     };
+                    self.current.served = true;
                 }
                 Ok(Some(e)) | Err(e) if not_listening(&e) => {
                     conn.state = State::Waiting;
@@ -1426,6 +1497,9 @@ impl Policy for Forward<'_> {
                 match self.current.daemon.try_wait() {
                     Ok(None) => Ok(None),
                     Ok(Some(status)) => {
+                        if self.port_taken() {
+                            return self.new_port(status).map(|()| None);
+                        }
                         tracing::info!(
                             "{} exited ({status}): closing {} connection(s) and the public \
                              sockets",
@@ -1698,6 +1772,33 @@ mod tests {
         let running = daemon.proxy().unwrap().spawn().unwrap();
         let reply = ask(running.local_addr(0), b"hello?").unwrap();
         assert_eq!(String::from_utf8(reply).unwrap(), "ready");
+    }
+
+    #[test]
+    fn a_daemon_whose_port_was_taken_is_started_again_on_a_new_one() {
+        if !python() {
+            return;
+        }
+        let marker = tempfile::tempdir().unwrap();
+        // The first run finds its port taken (here by itself, the race made certain: a
+        // socket bound to it, as an outgoing connection's port is) and exits as a daemon
+        // does on EADDRINUSE; the second serves.
+        let daemon = Launch::new("python3").args([
+            "-c",
+            "import os,socket,sys\n\
+             port=int(sys.argv[1]); marker=sys.argv[2]\n\
+             if not os.path.exists(marker):\n\
+             \x20   open(marker,'w').close()\n\
+             \x20   squatter=socket.socket(); squatter.bind(('127.0.0.1',port))\n\
+             s=socket.socket(); s.bind(('127.0.0.1',port)); s.listen(128)\n\
+             while True:\n\
+             \x20   c,_=s.accept(); c.recv(100); c.sendall(b'served'); c.close()\n",
+            "${backend.port}",
+            marker.path().join("first-run-done").to_str().unwrap(),
+        ]);
+        let running = daemon.proxy().unwrap().spawn().unwrap();
+        let reply = ask(running.local_addr(0), b"hello?").unwrap();
+        assert_eq!(String::from_utf8(reply).unwrap(), "served");
     }
 
     #[test]

@@ -462,8 +462,8 @@ fn open_out(path: &Path, stream: &'static str) -> Result<File, Error> {
 
 impl Args {
     /// `--proxy`: the public sockets and the daemon behind them. The daemon dies with the
-    /// proxy (it cannot be reached without it); its stderr goes where it would in the
-    /// foreground, and is also captured for the log of a connection that times out.
+    /// proxy (it cannot be reached without it); its stderr goes where it would otherwise,
+    /// and is also captured for the log of a connection that times out.
     pub(crate) fn proxy(&self) -> Result<sd_launch::proxy::Proxy, Error> {
         if self.restart.as_deref() == Some("on-exit") {
             return Err(Error::Conflict(
@@ -486,8 +486,14 @@ impl Args {
         if let Some(timeout) = self.ready {
             daemon = daemon.ready(timeout);
         }
-        if self.foreground && self.stderr.is_none() && self.outfile.is_none() {
-            daemon = daemon.stderr(Stdio::capture_and_copy(dup(2)?));
+        if self.stderr.is_none() && self.outfile.is_none() {
+            // Captured (in the background, where it would go to /dev/null, only captured):
+            // its tail explains a connection that timed out, or a port taken.
+            daemon = daemon.stderr(if self.foreground {
+                Stdio::capture_and_copy(dup(2)?)
+            } else {
+                Stdio::capture()
+            });
         }
         options.bind(daemon)
     }
