@@ -83,7 +83,7 @@ pub const DEFAULT_MAX_CONNECTIONS: usize = 64;
 pub const CONNECTION_NAME: &str = "connection";
 
 /// Pause after an `accept` failed for want of fds or memory, instead of spinning.
-const BACKOFF: Duration = Duration::from_millis(100);
+pub(crate) const BACKOFF: Duration = Duration::from_millis(100);
 
 /// How each connection is handed to its daemon.
 ///
@@ -357,7 +357,7 @@ pub struct Connection {
 /// # Ok::<(), sd_launch::Error>(())
 /// ```
 #[derive(Debug, Clone)]
-pub struct Stopper(Arc<UnixStream>);
+pub struct Stopper(pub(crate) Arc<UnixStream>);
 
 impl Stopper {
     /// Ask the acceptor to stop. Idempotent; never blocks.
@@ -714,7 +714,7 @@ where
             }
             Event::Readable(Key::Child(pid)) => self.reap(pid).map(|()| None),
             Event::Readable(Key::Listener(i)) => self.accept_from(i).map(|()| None),
-            Event::Readable(Key::Notify | Key::Ready(_)) => Ok(None),
+            Event::Readable(Key::Notify | Key::Ready(_) | Key::Conn(_)) => Ok(None),
             Event::Signal(sig @ (libc::SIGINT | libc::SIGTERM)) => Ok(Some(Some(sig))),
             Event::Signal(sig) => {
                 if FORWARDED.contains(&sig) {
@@ -741,7 +741,7 @@ fn out_of_fds(e: &Error) -> bool {
     matches!(source.raw_os_error(), Some(libc::EMFILE | libc::ENFILE))
 }
 
-enum AcceptFailure {
+pub(crate) enum AcceptFailure {
     /// Nothing more to accept now.
     Drained,
     /// That one connection failed (reset before accept, ...): go on.
@@ -751,7 +751,7 @@ enum AcceptFailure {
     Fatal,
 }
 
-fn classify(e: &io::Error) -> AcceptFailure {
+pub(crate) fn classify(e: &io::Error) -> AcceptFailure {
     if e.kind() == io::ErrorKind::WouldBlock {
         return AcceptFailure::Drained;
     }
@@ -775,7 +775,7 @@ fn classify(e: &io::Error) -> AcceptFailure {
     }
 }
 
-fn accept_error(action: &'static str, address: &Address, source: io::Error) -> Error {
+pub(crate) fn accept_error(action: &'static str, address: &Address, source: io::Error) -> Error {
     let hint = match source.raw_os_error() {
         Some(libc::EMFILE | libc::ENFILE) => " (out of file descriptors: raise ulimit -n)",
         _ => "",

@@ -660,6 +660,11 @@ impl Launch {
         self.prepare_bound(bound)
     }
 
+    /// The program as given, for messages.
+    pub(crate) fn program_name(&self) -> String {
+        self.program.to_string_lossy().into_owned()
+    }
+
     /// Check every listen address without binding anything.
     pub(crate) fn check_addresses(&self) -> Result<(), Error> {
         self.sockets.specs().map(drop)
@@ -698,6 +703,25 @@ impl Launch {
             }
         }
         Ok(())
+    }
+
+    /// The texts templates are expanded in: the program, the arguments, the environment
+    /// values.
+    pub(crate) fn template_texts(&self) -> Vec<&OsStr> {
+        let mut texts = vec![self.program.as_os_str()];
+        texts.extend(self.args.iter().map(OsString::as_os_str));
+        texts.extend(self.env.values().flatten().map(OsString::as_os_str));
+        texts
+    }
+
+    /// How the daemon says it is ready, if asked ([`Launch::wait_until`]).
+    pub(crate) fn readiness(&self) -> Option<&Wait> {
+        self.ready.as_ref().map(|(wait, _)| wait)
+    }
+
+    /// Take the sockets this launch would listen on (it is left with none added).
+    pub(crate) fn take_sockets(&mut self) -> SocketSet {
+        std::mem::take(&mut self.sockets)
     }
 
     /// The second half of [`prepare`](Launch::prepare), with sockets bound already.

@@ -44,7 +44,8 @@
 //!    holds (drop stops everything it owns); [`Shared`]: one daemon for a whole test binary;
 //! 5. the modes built on handles and the loop: [`restart`] (a [`Service`](restart::Service)
 //!    whose sockets outlive its daemons), [`accept`] (one daemon per connection) and
-//!    [`stack`] (daemons started at once, each told the others' addresses).
+//!    [`stack`] (daemons started at once, each told the others' addresses) and [`proxy`]
+//!    (connections forwarded to a daemon that binds its own socket).
 //!
 //! Feature `tokio`: [`Launch::spawn_async`] and [`Launched::wait_async`] for async tests.
 //!
@@ -62,6 +63,7 @@ mod error;
 mod launch;
 mod launched;
 mod process;
+pub mod proxy;
 pub mod restart;
 mod shared;
 pub mod sockets;

@@ -11,7 +11,9 @@
 //!   timeout ([`Launched::supervise`](crate::Launched::supervise));
 //! * [`restart`](crate::restart): a daemon on sockets that outlive it, replaced without
 //!   refusing a connection (its policy is built on the handles, so it sits above them);
-//! * [`accept`](crate::accept): one daemon per connection (likewise).
+//! * [`accept`](crate::accept): one daemon per connection (likewise);
+//! * [`proxy`](crate::proxy): connections forwarded to a daemon that listens on its own
+//!   (likewise).
 
 use std::os::fd::RawFd;
 use std::time::Instant;
@@ -45,6 +47,8 @@ pub(crate) enum Key {
     Stop,
     /// The readiness check of daemon `i` (of several waited for at once).
     Ready(usize),
+    /// Proxied connection `n` (either of its sockets): it can make progress.
+    Conn(u64),
 }
 
 /// One thing that happened.
@@ -75,6 +79,13 @@ impl Watch {
     pub(crate) fn add_writable(&mut self, key: Key, fd: RawFd) {
         self.push(Some(key), fd);
         self.fds.last_mut().expect("just pushed").events = libc::POLLOUT;
+    }
+
+    /// Wake the loop when `fd` has any of `events` (`POLLIN`, `POLLOUT`), with `key`
+    /// (reported as readable).
+    pub(crate) fn add_events(&mut self, key: Key, fd: RawFd, events: libc::c_short) {
+        self.push(Some(key), fd);
+        self.fds.last_mut().expect("just pushed").events = events;
     }
 
     fn push(&mut self, key: Option<Key>, fd: RawFd) {

@@ -126,7 +126,7 @@ pub(crate) struct Args {
     #[arg(
         long,
         value_name = "FILE",
-        conflicts_with_all = ["accept", "restart", "ready", "ready_when", "listen", "fdname", "datagram", "seqpacket", "setenv", "no_pid", "outfile", "stdout", "stderr"]
+        conflicts_with_all = ["accept", "proxy", "restart", "ready", "ready_when", "listen", "fdname", "datagram", "seqpacket", "setenv", "no_pid", "outfile", "stdout", "stderr"]
     )]
     pub(crate) stack: Option<PathBuf>,
 
@@ -212,6 +212,33 @@ pub(crate) struct Args {
     )]
     pub(crate) max_connections: u32,
 
+    /// Proxy mode (systemd-socket-proxyd built in), for daemons that do not speak
+    /// LISTEN_FDS: sd-launch binds the sockets as usual and tells the daemon where to listen
+    /// privately with a template in its arguments or environment, ${backend.path} (a Unix
+    /// socket in a private 0700 directory, preferred) or ${backend.port} / ${backend.addr}
+    /// (a free loopback TCP port), then forwards every connection to it as soon as it
+    /// accepts (clients wait meanwhile, up to --connect-timeout). sd-launch stays to
+    /// proxy: in the background a proxy process of its own (LAUNCHED_PID; kill it to stop
+    /// the daemon and the proxy), or in the foreground with --foreground. The daemon's exit
+    /// closes the sockets. Streams only. With --restart, SIGHUP starts a new daemon on a new
+    /// backend, which takes the new connections once it accepts; the old one gets SIGTERM
+    /// once its connections are done. With --ready, connections wait for the daemon's
+    /// READY=1 (sd_notify) rather than for its socket: for daemons that listen before they
+    /// can serve, as PostgreSQL does.
+    #[arg(long, conflicts_with_all = ["accept", "ready_when"])]
+    pub(crate) proxy: bool,
+
+    /// With --proxy: how long a connection waits for the daemon to accept it before it is
+    /// closed (logged, with the end of the daemon's stderr).
+    #[arg(
+        long,
+        value_name = "SECS",
+        default_value = "30",
+        requires = "proxy",
+        value_parser = parse_seconds
+    )]
+    pub(crate) connect_timeout: Duration,
+
     /// The daemon and its arguments.
     #[arg(
         required_unless_present = "stack",
@@ -235,6 +262,8 @@ pub(crate) enum Mode {
     Accept(Pass),
     /// A stack of daemons from a file.
     Stack,
+    /// `--proxy`, in the foreground (`true`) or in a proxy process of its own.
+    Proxy(bool),
 }
 
 impl Args {
@@ -282,6 +311,8 @@ impl Args {
     pub(crate) fn mode(&self) -> Mode {
         if self.stack.is_some() {
             Mode::Stack
+        } else if self.proxy {
+            Mode::Proxy(self.foreground)
         } else if self.accept {
             Mode::Accept(if self.inetd { Pass::Inetd } else { Pass::Fd })
         } else if let Some(policy) = &self.restart {
@@ -461,4 +492,43 @@ fn open_out(path: &Path, stream: &'static str) -> Result<File, Error> {
             stream,
             source,
         })
+}
+
+impl Args {
+    /// `--proxy`: the public sockets and the daemon behind them. The daemon dies with the
+    /// proxy (it cannot be reached without it); its stderr goes where it would otherwise,
+    /// and is also captured for the log of a connection that times out.
+    pub(crate) fn proxy(&self) -> Result<sd_launch::proxy::Proxy, Error> {
+        if self.restart.as_deref() == Some("on-exit") {
+            return Err(Error::Conflict(
+                "--proxy restarts on SIGHUP (--restart or --restart=on-hup); \
+                 --restart=on-exit is not supported with --proxy yet",
+            ));
+        }
+        let mut options = sd_launch::proxy::Options::new()
+            .restart_on_hup(self.restart.is_some())
+            .socket_mode(self.socket_mode)
+            .connect_timeout(self.connect_timeout)
+            .stop_timeout(self.stop_timeout);
+        if let Some(backlog) = self.backlog {
+            options = options.backlog(backlog);
+        }
+        for spec in self.specs()? {
+            options = options.listen(spec);
+        }
+        let mut daemon = self.daemon()?.parent_death_signal(libc::SIGKILL);
+        if let Some(timeout) = self.ready {
+            daemon = daemon.ready(timeout);
+        }
+        if self.stderr.is_none() && self.outfile.is_none() {
+            // Captured (in the background, where it would go to /dev/null, only captured):
+            // its tail explains a connection that timed out, or a port taken.
+            daemon = daemon.stderr(if self.foreground {
+                Stdio::capture_and_copy(dup(2)?)
+            } else {
+                Stdio::capture()
+            });
+        }
+        options.bind(daemon)
+    }
 }

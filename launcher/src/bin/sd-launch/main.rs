@@ -76,6 +76,7 @@ fn run(args: &Args) -> Result<i32, Error> {
         Mode::Restart(policy) => restart(args, policy),
         Mode::Accept(pass) => accept(args, pass),
         Mode::Stack => stack::run(args),
+        Mode::Proxy(foreground) => proxy(args, foreground),
     }
 }
 
@@ -163,6 +164,59 @@ fn accept(args: &Args, pass: Pass) -> Result<i32, Error> {
         ));
     }
     Ok(0)
+}
+
+/// `--proxy`: forward connections to a daemon listening where its templates say. In the
+/// foreground until the daemon exits (its status) or SIGINT/SIGTERM (exit 0); else in a
+/// proxy process of our own, whose pid is printed, while this one exits 0.
+fn proxy(args: &Args, foreground: bool) -> Result<i32, Error> {
+    let signals = block_signals()?;
+    let proxy = args.proxy()?;
+    let serve = |proxy: sd_launch::proxy::Proxy| -> Result<i32, Error> {
+        let proxied = proxy.serve(Some(&signals))?;
+        Ok(proxied.status.map_or(0, supervisor::exit_code))
+    };
+    if foreground {
+        print(args, std::process::id(), proxy.sockets())
+            .map_err(|source| output_error(source, "write the output; not proxying"))?;
+        return serve(proxy);
+    }
+    // SAFETY: fork in a process with one thread (ours): the child runs on with a copy of
+    // everything, as a single-threaded process.
+    match unsafe { libc::fork() } {
+        -1 => Err(os("fork the proxy process")(std::io::Error::last_os_error())),
+        0 => {
+            // The proxy process: out of the caller's session, and off its stdout, so that
+            // `export $(sd-launch --proxy ...)` returns once the parent has printed.
+            // SAFETY: setsid takes no arguments; it fails only for a group leader, which a
+            // forked child is not.
+            unsafe { libc::setsid() };
+            let null = std::fs::OpenOptions::new()
+                .write(true)
+                .open("/dev/null")
+                .map_err(os("open /dev/null for the proxy's stdout"))?;
+            // SAFETY: dup2 onto fd 1, which we own; `null` stays open until it returns.
+            if unsafe { libc::dup2(std::os::fd::AsRawFd::as_raw_fd(&null), 1) } < 0 {
+                return Err(os("redirect the proxy's stdout")(
+                    std::io::Error::last_os_error(),
+                ));
+            }
+            drop(null);
+            serve(proxy)
+        }
+        pid => {
+            let printed = print(args, pid as u32, proxy.sockets());
+            // The proxy process owns the sockets, the backend directory and the socket
+            // files from now on: ours must not remove them on the way out.
+            std::mem::forget(proxy);
+            if let Err(source) = printed {
+                // SAFETY: kill sends a signal to the child we just forked.
+                unsafe { libc::kill(pid, libc::SIGTERM) };
+                return Err(output_error(source, "write the output; stopped the proxy"));
+            }
+            Ok(0)
+        }
+    }
 }
 
 /// Write the launch's output to stdout in one piece.

@@ -1,0 +1,1916 @@
+//! Proxy mode, systemd's `systemd-socket-proxyd` built in: for daemons that do not speak
+//! `LISTEN_FDS` (PostgreSQL, Redis, memcached, nginx, ...). We bind the public sockets
+//! (known before the daemon starts, as always), tell the daemon where to listen privately
+//! with a template in its arguments or environment, and forward every client connection to
+//! that backend as soon as it accepts. This is `sd-launch --proxy`.
+//!
+//! ```no_run
+//! use sd_launch::Launch;
+//! // The daemon listens where `${backend.path}` says: a Unix socket in a private directory.
+//! let redis = Launch::new("redis-server")
+//!     .args(["--port", "0", "--unixsocket", "${backend.path}", "--save", ""])
+//!     .proxy()? // binds 127.0.0.1:0, the public socket; nothing runs yet
+//!     .spawn()?; // starts redis and proxies, in a thread of ours, until dropped
+//! let client = std::net::TcpStream::connect(redis.local_addr(0))?; // at once
+//! # drop(client);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! The backend, named `backend` in templates:
+//! * `${backend.path}`: a Unix socket path in a new private directory (mode 0700, removed
+//!   at the end). Preferred: nobody else can take it, nothing to race for.
+//! * `${backend.port}`, `${backend.addr}`: a free loopback TCP port (`127.0.0.1:PORT`),
+//!   for daemons without Unix sockets. The port is free when chosen, but another process
+//!   could take it before the daemon binds it: a daemon that exits before it was ever
+//!   reached, saying "address in use" on stderr (or with its port taken now), is started
+//!   again on a new port, up to 5 times, while its clients wait. (A process that listens on
+//!   the taken port would get the clients instead: prefer the Unix backend.)
+//!
+//! A daemon told neither is an [`Error::Conflict`] (exit 2: "the daemon is never told where
+//! to listen"), and so is a daemon told both.
+//!
+//! How connections are served (one thread, the supervisor's loop, for every connection):
+//! * Each connection is accepted at once and connected to the backend with a non-blocking
+//!   `connect`. While the backend is not listening yet (no socket file: `ENOENT`; nobody
+//!   listening: `ECONNREFUSED`; backlog full: `EAGAIN`) connections wait, in order, and are
+//!   retried on a deadline of the loop, from 1 ms doubling to 50 ms (a retry, not a poll of
+//!   ours: the kernel has no "someone listens now" event to wait for). No client sees a
+//!   refusal while the daemon starts.
+//! * A daemon that listens before it can serve (PostgreSQL answers "the database system is
+//!   starting up") can say when it is ready instead: with [`Launch::ready`] (`--ready`) it
+//!   gets a `NOTIFY_SOCKET`, and connections wait for its `READY=1` before they are
+//!   connected to the backend. Other readiness checks are an [`Error::Conflict`] here.
+//! * A connection the backend has not accepted within the
+//!   [connect timeout](Options::connect_timeout) (default [`DEFAULT_CONNECT_TIMEOUT`], 30 s)
+//!   is closed, and the log says why, with the end of the daemon's stderr.
+//! * Bytes move both ways with `splice(2)` through a pipe per direction (zero-copy), or
+//!   through a 64 KiB buffer where that cannot be; a side is only read while its peer has
+//!   room (backpressure); an end (`EOF`) is passed on as `shutdown(SHUT_WR)` (half-close);
+//!   an error on either side closes both.
+//! * The daemon is supervised as in the foreground: `SIGINT` and `SIGTERM` stop serving
+//!   (the listeners close, the daemon gets the signal, and `SIGKILL` after the
+//!   [stop timeout](Options::stop_timeout)); `SIGHUP`, `SIGQUIT`, `SIGUSR1` and `SIGUSR2`
+//!   are forwarded to it. When the daemon exits, serving ends: connections are closed and
+//!   the public sockets with them, so clients are refused at once instead of hanging.
+//! * Restarts ([`Options::restart_on_hup`], `sd-launch --proxy --restart`; [`Running::restart`])
+//!   are invisible to clients: the new daemon is told a new backend (the next path in the
+//!   private directory, or a new port) and takes the new connections once the kernel's
+//!   tables show it listening there (no probe connection: a daemon never sees a client
+//!   that closes at once). The old one gets `SIGTERM` only when its last connection is
+//!   done (so none it has not accepted yet is reset), or after the stop timeout at the
+//!   latest, and `SIGKILL` a stop timeout later. A new daemon that exits first, or does not
+//!   listen within the connect timeout, is stopped, and the old one serves on.
+//! * Streams only: a datagram public socket is an [`Error::Conflict`] (datagrams have no
+//!   connection to forward).
+
+mod flow;
+
+use std::collections::{HashMap, VecDeque};
+use std::io::{self, Read};
+use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+use std::process::ExitStatus;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use socket2::{Domain, SockAddr, Socket, Type};
+
+use crate::accept::{AcceptFailure, BACKOFF, Stopper, accept_error, classify};
+use crate::error::Error;
+use crate::launch::{Launch, Prepared};
+use crate::launched::Launched;
+use crate::sockets::{
+    Address, CreatedPath, LaunchedSocket, SocketKind, SocketSet, SocketSpec, Transport,
+};
+use crate::supervisor::ready::ready_message;
+use crate::supervisor::{DEFAULT_STOP_TIMEOUT, Event, FORWARDED, Key, Policy, Signals, Watch, run};
+use crate::template::Addresses;
+
+use flow::Flow;
+
+/// How long a connection waits for the backend to accept it, by default.
+///
+/// ```
+/// assert_eq!(sd_launch::proxy::DEFAULT_CONNECT_TIMEOUT.as_secs(), 30);
+/// ```
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The name of the backend in templates: `${backend.path}`, `${backend.port}`.
+///
+/// ```
+/// assert_eq!(sd_launch::proxy::BACKEND, "backend");
+/// ```
+pub const BACKEND: &str = "backend";
+
+/// The byte on the stop channel that asks for a restart ([`Running::restart`]).
+const RESTART: u8 = b'R';
+
+/// The first retry of a connection the backend refused (it is not listening yet).
+const RETRY_FIRST: Duration = Duration::from_millis(1);
+/// How many times a daemon is started again because its TCP port was taken.
+const MAX_PORT_RETRIES: u32 = 5;
+
+/// Retries double up to this.
+const RETRY_MAX: Duration = Duration::from_millis(50);
+
+/// Where the daemon listens, privately.
+///
+/// ```
+/// let proxy = sd_launch::Launch::new("sh").args(["-c", "sleep 30", "${backend.path}"]).proxy()?;
+/// assert!(matches!(proxy.backend(), sd_launch::proxy::Backend::Unix(_)));
+/// # Ok::<(), sd_launch::Error>(())
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Backend {
+    /// A Unix socket path in a private directory (`${backend.path}`).
+    Unix(PathBuf),
+    /// A loopback TCP address (`${backend.port}`, `${backend.addr}`).
+    Tcp(SocketAddr),
+}
+
+/// What to listen on publicly and how to forward: the builder of a [`Proxy`].
+///
+/// ```
+/// use std::time::Duration;
+/// let daemon = sd_launch::Launch::new("sh").args(["-c", "sleep 30", "${backend.port}"]);
+/// let proxy = sd_launch::proxy::Options::new()
+///     .listen_on("127.0.0.1:0")
+///     .connect_timeout(Duration::from_secs(5))
+///     .bind(daemon)?;
+/// assert!(matches!(proxy.backend(), sd_launch::proxy::Backend::Tcp(a) if a.ip().is_loopback()));
+/// # Ok::<(), sd_launch::Error>(())
+/// ```
+#[derive(Debug)]
+pub struct Options {
+    sockets: SocketSet,
+    connect_timeout: Duration,
+    stop_timeout: Duration,
+    restart_on_hup: bool,
+}
+
+impl Default for Options {
+    fn default() -> Options {
+        Options::new()
+    }
+}
+
+impl Options {
+    /// Defaults: listen on `127.0.0.1:0` unless told otherwise, [`DEFAULT_CONNECT_TIMEOUT`],
+    /// [`DEFAULT_STOP_TIMEOUT`].
+    ///
+    /// ```
+    /// let proxy = sd_launch::proxy::Options::new()
+    ///     .bind(sd_launch::Launch::new("sh").args(["-c", "sleep 1", "${backend.path}"]))?;
+    /// assert!(proxy.local_addr(0).ip().is_loopback());
+    /// # Ok::<(), sd_launch::Error>(())
+    /// ```
+    pub fn new() -> Options {
+        Options {
+            sockets: SocketSet::new(),
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            stop_timeout: DEFAULT_STOP_TIMEOUT,
+            restart_on_hup: false,
+        }
+    }
+
+    /// Listen publicly on `spec` (a stream socket).
+    ///
+    /// ```
+    /// let options = sd_launch::proxy::Options::new().listen(sd_launch::SocketSpec::loopback());
+    /// # let _ = options;
+    /// ```
+    pub fn listen(mut self, spec: SocketSpec) -> Options {
+        self.sockets.listen(spec);
+        self
+    }
+
+    /// Listen publicly on an address in `sd-launch -l` syntax.
+    ///
+    /// ```
+    /// let options = sd_launch::proxy::Options::new().listen_on("127.0.0.1:0").listen_on("[::1]:0");
+    /// # let _ = options;
+    /// ```
+    pub fn listen_on(mut self, address: &str) -> Options {
+        self.sockets.listen_on(address);
+        self
+    }
+
+    /// Listen backlog of the public sockets (default: the kernel's maximum).
+    ///
+    /// ```
+    /// let options = sd_launch::proxy::Options::new().backlog(128);
+    /// # let _ = options;
+    /// ```
+    pub fn backlog(mut self, backlog: i32) -> Options {
+        self.sockets.backlog(backlog);
+        self
+    }
+
+    /// Mode of created public Unix socket files (default `0o600`).
+    ///
+    /// ```
+    /// let options = sd_launch::proxy::Options::new().socket_mode(0o660);
+    /// # let _ = options;
+    /// ```
+    pub fn socket_mode(mut self, mode: u32) -> Options {
+        self.sockets.socket_mode(mode);
+        self
+    }
+
+    /// How long a connection waits for the backend to accept it before it is closed
+    /// (default [`DEFAULT_CONNECT_TIMEOUT`]).
+    ///
+    /// ```
+    /// let options = sd_launch::proxy::Options::new().connect_timeout(std::time::Duration::from_secs(2));
+    /// # let _ = options;
+    /// ```
+    pub fn connect_timeout(mut self, timeout: Duration) -> Options {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// How long the daemon gets to exit once serving stops, before `SIGKILL` (default
+    /// [`DEFAULT_STOP_TIMEOUT`]).
+    ///
+    /// ```
+    /// let options = sd_launch::proxy::Options::new().stop_timeout(std::time::Duration::from_secs(1));
+    /// # let _ = options;
+    /// ```
+    pub fn stop_timeout(mut self, timeout: Duration) -> Options {
+        self.stop_timeout = timeout;
+        self
+    }
+
+    /// Whether `SIGHUP` replaces the daemon (`sd-launch --proxy --restart`) instead of being
+    /// forwarded to it (default: forwarded). The new daemon is told a new backend (a new
+    /// path, or a new port); new connections go to it once it accepts one, and only then
+    /// does the old one get `SIGTERM`, to finish its connections. If the new one exits or
+    /// does not accept within the [connect timeout](Options::connect_timeout), it is
+    /// stopped and the old one serves on. Clients never see the restart.
+    ///
+    /// ```
+    /// let options = sd_launch::proxy::Options::new().restart_on_hup(true);
+    /// # let _ = options;
+    /// ```
+    pub fn restart_on_hup(mut self, restart: bool) -> Options {
+        self.restart_on_hup = restart;
+        self
+    }
+
+    /// Bind the public sockets, choose the backend and expand `daemon`'s templates with it;
+    /// nothing runs yet (clients that connect now wait in the backlog). The daemon gets no
+    /// sockets of ours (no `LISTEN_FDS`): its own sockets, if it was given any, are ignored.
+    ///
+    /// ```
+    /// use sd_launch::{proxy::Options, Error, Launch, SocketSpec, Transport};
+    /// let err = Options::new().bind(Launch::new("redis-server")).unwrap_err();
+    /// assert!(err.to_string().contains("never told where to listen"));
+    /// assert_eq!(err.exit_code(), 2);
+    /// let err = Options::new()
+    ///     .listen(SocketSpec::loopback().transport(Transport::Datagram))
+    ///     .bind(Launch::new("my-dns").arg("--port=${backend.port}"))
+    ///     .unwrap_err();
+    /// assert!(matches!(err, Error::Conflict(_)));
+    /// ```
+    pub fn bind(self, mut daemon: Launch) -> Result<Proxy, Error> {
+        let kind = backend_kind(&daemon)?;
+        if self
+            .sockets
+            .specs()?
+            .iter()
+            .any(|spec| spec.transport != Transport::Stream)
+        {
+            return Err(Error::Conflict(
+                "proxy mode forwards stream connections (TCP and Unix): datagram and \
+                 seqpacket sockets have none it can forward",
+            ));
+        }
+        if daemon
+            .readiness()
+            .is_some_and(|wait| !matches!(wait, crate::supervisor::Wait::Notify))
+        {
+            return Err(Error::Conflict(
+                "in proxy mode a daemon is ready when it listens on its backend, or, with \
+                 --ready, when it sends READY=1: the other --ready-when checks are not \
+                 supported with --proxy",
+            ));
+        }
+        drop(daemon.take_sockets());
+        let template = daemon.no_pid(true);
+        let dir = private_dir(kind)?;
+        let backend = backend_for(kind, dir.as_ref(), 0)?;
+        let daemon = expand(&template, &backend)?;
+        daemon.find_program()?;
+        let (fds, sockets, created) = self.sockets.bind()?.into_parts();
+        let mut listeners = Vec::with_capacity(sockets.len());
+        for (fd, described) in fds.into_iter().zip(&sockets) {
+            let socket = Socket::from(fd);
+            let address = described
+                .address
+                .clone()
+                .expect("a bound spec has an address");
+            socket
+                .set_nonblocking(true)
+                .map_err(|e| accept_error("make non-blocking", &address, e))?;
+            listeners.push((socket, address));
+        }
+        let (stop_rx, stop_tx) = UnixStream::pair()
+            .and_then(|(rx, tx)| {
+                rx.set_nonblocking(true)?;
+                tx.set_nonblocking(true)?;
+                Ok((rx, tx))
+            })
+            .map_err(|source| Error::Os {
+                context: "create the stop channel of the proxy",
+                source,
+            })?;
+        Ok(Proxy {
+            listeners,
+            created,
+            sockets,
+            backend,
+            kind,
+            _dir: dir,
+            template,
+            daemon,
+            restart_on_hup: self.restart_on_hup,
+            connect_timeout: self.connect_timeout,
+            stop_timeout: self.stop_timeout,
+            stop_rx,
+            stop_tx: Arc::new(stop_tx),
+        })
+    }
+}
+
+impl Launch {
+    /// A [`Proxy`] in front of this daemon: its sockets ([`listen`](Launch::listen),
+    /// default `127.0.0.1:0`) become the public sockets, and its templates name the
+    /// backend (see the [`proxy`](crate::proxy) module).
+    ///
+    /// ```
+    /// let proxy = sd_launch::Launch::new("sh")
+    ///     .args(["-c", "sleep 30", "${backend.path}"])
+    ///     .listen_on("127.0.0.1:0")
+    ///     .proxy()?;
+    /// assert_ne!(proxy.local_addr(0).port(), 0);
+    /// # Ok::<(), sd_launch::Error>(())
+    /// ```
+    pub fn proxy(mut self) -> Result<Proxy, Error> {
+        let sockets = self.take_sockets();
+        Options {
+            sockets,
+            ..Options::new()
+        }
+        .bind(self)
+    }
+}
+
+/// The public sockets and the daemon behind them, ready to [`serve`](Proxy::serve) (or
+/// [`spawn`](Proxy::spawn)). Dropping it closes the sockets and removes what it created.
+///
+/// ```
+/// let proxy = sd_launch::Launch::new("sh").args(["-c", "sleep 30", "${backend.path}"]).proxy()?;
+/// let _client = std::net::TcpStream::connect(proxy.local_addr(0))?; // waits in the backlog
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug)]
+pub struct Proxy {
+    listeners: Vec<(Socket, Address)>,
+    created: Vec<CreatedPath>,
+    sockets: Vec<LaunchedSocket>,
+    backend: Backend,
+    kind: SocketKind,
+    /// The private directory of a Unix backend, removed last.
+    _dir: Option<tempfile::TempDir>,
+    /// The daemon with its templates, for each new backend of a restart.
+    template: Launch,
+    /// The first daemon, told [`Proxy::backend`].
+    daemon: Launch,
+    restart_on_hup: bool,
+    connect_timeout: Duration,
+    stop_timeout: Duration,
+    stop_rx: UnixStream,
+    stop_tx: Arc<UnixStream>,
+}
+
+/// How serving went, once [`Proxy::serve`] returns.
+///
+/// ```
+/// let proxied = sd_launch::proxy::Proxied::default();
+/// assert_eq!((proxied.connections, proxied.timed_out), (0, 0));
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Proxied {
+    /// Connections accepted.
+    pub connections: u64,
+    /// Connections closed because the backend did not accept them in time, or refused
+    /// them for another reason than not listening yet.
+    pub timed_out: u64,
+    /// The daemon's status, when its exit ended serving.
+    pub status: Option<ExitStatus>,
+    /// The signal that stopped serving (`SIGINT`, `SIGTERM`), if one did.
+    pub signal: Option<i32>,
+}
+
+impl Proxy {
+    /// The public sockets, in the order given (`fd` is meaningless here: the daemon gets
+    /// none of them).
+    ///
+    /// ```
+    /// let proxy = sd_launch::Launch::new("sh").args(["-c", "sleep 30", "${backend.path}"]).proxy()?;
+    /// assert_eq!(proxy.sockets()[0].kind, sd_launch::SocketKind::Tcp);
+    /// # Ok::<(), sd_launch::Error>(())
+    /// ```
+    pub fn sockets(&self) -> &[LaunchedSocket] {
+        &self.sockets
+    }
+
+    /// The IP address and port of public socket `index`.
+    ///
+    /// # Panics
+    /// If there is no such socket or it is not TCP: a test's mistake.
+    ///
+    /// ```
+    /// let proxy = sd_launch::Launch::new("sh").args(["-c", "sleep 30", "${backend.path}"]).proxy()?;
+    /// assert_ne!(proxy.local_addr(0).port(), 0);
+    /// # Ok::<(), sd_launch::Error>(())
+    /// ```
+    pub fn local_addr(&self, index: usize) -> SocketAddr {
+        crate::launched::inet_addr(&self.sockets, index)
+    }
+
+    /// Where the daemon is told to listen.
+    ///
+    /// ```
+    /// let proxy = sd_launch::Launch::new("sh").args(["-c", "sleep 30", "${backend.path}"]).proxy()?;
+    /// let sd_launch::proxy::Backend::Unix(path) = proxy.backend() else { unreachable!() };
+    /// assert!(path.ends_with("backend.sock"));
+    /// # Ok::<(), sd_launch::Error>(())
+    /// ```
+    pub fn backend(&self) -> &Backend {
+        &self.backend
+    }
+
+    /// A handle that stops [`serve`](Proxy::serve) from another thread.
+    ///
+    /// ```
+    /// let proxy = sd_launch::Launch::new("sh").args(["-c", "sleep 30", "${backend.path}"]).proxy()?;
+    /// proxy.stopper().stop(); // before serving: serve stops the daemon it started, returns
+    /// let proxied = proxy.serve(None)?;
+    /// assert_eq!(proxied.connections, 0);
+    /// # Ok::<(), sd_launch::Error>(())
+    /// ```
+    pub fn stopper(&self) -> Stopper {
+        Stopper(Arc::clone(&self.stop_tx))
+    }
+
+    /// Start the daemon and forward connections to it until it exits, a [`Stopper`] or
+    /// (with `signals`, blocked in this thread) `SIGINT`/`SIGTERM` stops it; then close
+    /// the public sockets and every connection, and stop the daemon if it still runs.
+    ///
+    /// ```
+    /// let proxy = sd_launch::Launch::new("sh").args(["-c", "exit 3", "${backend.path}"]).proxy()?;
+    /// let proxied = proxy.serve(None)?; // the daemon's exit ends it
+    /// assert_eq!(proxied.status.and_then(|s| s.code()), Some(3));
+    /// # Ok::<(), sd_launch::Error>(())
+    /// ```
+    pub fn serve(self, signals: Option<&Signals>) -> Result<Proxied, Error> {
+        self.serve_with(signals, |_| {})
+    }
+
+    /// [`serve`](Proxy::serve), calling `started` with the daemon's pid once it runs.
+    fn serve_with(
+        mut self,
+        signals: Option<&Signals>,
+        started: impl FnOnce(u32),
+    ) -> Result<Proxied, Error> {
+        let first = self.start(self.daemon.clone(), self.backend.clone(), 0)?;
+        started(first.daemon.pid());
+        let mut policy = Forward {
+            proxy: &self,
+            current: first,
+            next: None,
+            draining: Vec::new(),
+            generations: 0,
+            port_retries: 0,
+            conns: HashMap::new(),
+            waiting: VecDeque::new(),
+            retry_at: None,
+            delay: RETRY_FIRST,
+            paused_until: None,
+            proxied: Proxied::default(),
+        };
+        let result = run(signals, &mut policy);
+        let Forward {
+            current,
+            next,
+            draining,
+            conns,
+            proxied,
+            ..
+        } = policy;
+        // Clients first: a connection closed now is refused at once, not left hanging.
+        drop(conns);
+        self.listeners.clear();
+        let mut daemons: Vec<Generation> = std::iter::once(current)
+            .chain(next.map(|n| n.generation))
+            .chain(draining.into_iter().map(|d| d.generation))
+            .collect();
+        let (status, signal) = match result {
+            Ok(End::Exited(status)) => (Some(status), None),
+            Ok(End::Signal(sig)) => (None, Some(sig)),
+            Ok(End::Stopped) => (None, None),
+            Err(e) => {
+                for g in &mut daemons {
+                    let _ = g.daemon.kill();
+                }
+                return Err(e);
+            }
+        };
+        // Those still running (all of them, or the old and new ones of a restart).
+        crate::process::stop_all(
+            daemons.iter_mut().map(|g| g.daemon.child_mut()),
+            signal.unwrap_or(libc::SIGTERM),
+            self.stop_timeout,
+        );
+        drop(std::mem::take(&mut self.created));
+        Ok(Proxied {
+            status,
+            signal,
+            ..proxied
+        })
+    }
+
+    /// Start `launch`, told `backend`.
+    fn start(&self, launch: Launch, backend: Backend, number: u64) -> Result<Generation, Error> {
+        let mut prepared = launch.prepare_bound(None)?;
+        let (child, _) = prepared.spawn_child(false)?;
+        let daemon = prepared.child(child);
+        tracing::debug!(
+            "proxy: {} started as pid {}, backend {backend:?}",
+            daemon.program(),
+            daemon.pid(),
+        );
+        Ok(Generation {
+            number,
+            daemon,
+            backend,
+            conns: 0,
+            served: false,
+            ready: prepared.notify.is_none(),
+            prepared,
+        })
+    }
+
+    /// [`serve`](Proxy::serve) in a thread of its own; returns once the daemon runs. The
+    /// handle stops everything when dropped. For tests: no signals are handled.
+    ///
+    /// ```
+    /// let running = sd_launch::Launch::new("sh").args(["-c", "sleep 30", "${backend.path}"]).proxy()?.spawn()?;
+    /// assert!(running.daemon_pid() > 1);
+    /// let proxied = running.stop()?;
+    /// assert_eq!(proxied.connections, 0);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn spawn(self) -> Result<Running, Error> {
+        let sockets = self.sockets.clone();
+        let backend = self.backend.clone();
+        let stopper = self.stopper();
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        let thread = std::thread::Builder::new()
+            .name("sd-launch-proxy".into())
+            .spawn(move || {
+                self.serve_with(None, |pid| {
+                    let _ = tx.send(pid);
+                })
+            })
+            .map_err(|source| Error::Os {
+                context: "start the proxy thread",
+                source,
+            })?;
+        match rx.recv() {
+            Ok(pid) => Ok(Running {
+                sockets,
+                backend,
+                pid,
+                stopper,
+                thread: Some(thread),
+            }),
+            // The thread ended before the daemon ran: its error says why.
+            Err(_) => match thread.join() {
+                Ok(Err(e)) => Err(e),
+                Ok(Ok(_)) | Err(_) => Err(Error::Conflict("the proxy thread ended early")),
+            },
+        }
+    }
+}
+
+/// A proxy serving in a thread ([`Proxy::spawn`]): dropping it stops the daemon and closes
+/// everything.
+///
+/// ```
+/// let running = sd_launch::Launch::new("sh").args(["-c", "sleep 30", "${backend.path}"]).proxy()?.spawn()?;
+/// let _client = std::net::TcpStream::connect(running.local_addr(0))?;
+/// drop(running); // the daemon is stopped, the client's connection closed
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug)]
+pub struct Running {
+    sockets: Vec<LaunchedSocket>,
+    backend: Backend,
+    pid: u32,
+    stopper: Stopper,
+    thread: Option<std::thread::JoinHandle<Result<Proxied, Error>>>,
+}
+
+impl Running {
+    /// The public sockets.
+    ///
+    /// ```
+    /// let running = sd_launch::Launch::new("sh").args(["-c", "sleep 30", "${backend.path}"]).proxy()?.spawn()?;
+    /// assert_eq!(running.sockets().len(), 1);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn sockets(&self) -> &[LaunchedSocket] {
+        &self.sockets
+    }
+
+    /// The IP address and port of public socket `index` (panics if it is not TCP).
+    ///
+    /// ```
+    /// let running = sd_launch::Launch::new("sh").args(["-c", "sleep 30", "${backend.path}"]).proxy()?.spawn()?;
+    /// assert!(running.local_addr(0).ip().is_loopback());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn local_addr(&self, index: usize) -> SocketAddr {
+        crate::launched::inet_addr(&self.sockets, index)
+    }
+
+    /// Where the daemon was told to listen.
+    ///
+    /// ```
+    /// let running = sd_launch::Launch::new("sh").args(["-c", "sleep 30", "${backend.port}"]).proxy()?.spawn()?;
+    /// assert!(matches!(running.backend(), sd_launch::proxy::Backend::Tcp(_)));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn backend(&self) -> &Backend {
+        &self.backend
+    }
+
+    /// The daemon's pid.
+    ///
+    /// ```
+    /// let running = sd_launch::Launch::new("sh").args(["-c", "sleep 30", "${backend.path}"]).proxy()?.spawn()?;
+    /// assert_ne!(running.daemon_pid(), std::process::id());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn daemon_pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// Replace the daemon, as `SIGHUP` does with
+    /// [`restart_on_hup`](Options::restart_on_hup): a new one on a new backend takes the new
+    /// connections once it accepts one, then the old one gets `SIGTERM`. Never blocks.
+    ///
+    /// ```
+    /// let running = sd_launch::Launch::new("sh").args(["-c", "sleep 30", "${backend.path}"]).proxy()?.spawn()?;
+    /// running.restart(); // this one never accepts: the old one serves on
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn restart(&self) {
+        // A full buffer already holds requests: then this one is dropped.
+        let _ = io::Write::write(&mut &*self.stopper.0, &[RESTART]);
+    }
+
+    /// Stop serving (the daemon gets `SIGTERM`) and return how it went.
+    ///
+    /// ```
+    /// let running = sd_launch::Launch::new("sh").args(["-c", "sleep 30", "${backend.path}"]).proxy()?.spawn()?;
+    /// assert_eq!(running.stop()?.status, None); // stopped by us, not by its own exit
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn stop(mut self) -> Result<Proxied, Error> {
+        self.finish()
+    }
+
+    /// Wait until serving ends by itself (the daemon exits), and return how it went.
+    ///
+    /// ```
+    /// let running = sd_launch::Launch::new("sh").args(["-c", "exit 0", "${backend.path}"]).proxy()?.spawn()?;
+    /// assert!(running.wait()?.status.is_some_and(|s| s.success()));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn wait(mut self) -> Result<Proxied, Error> {
+        let thread = self.thread.take().expect("joined once");
+        thread
+            .join()
+            .unwrap_or(Err(Error::Conflict("the proxy thread panicked")))
+    }
+
+    fn finish(&mut self) -> Result<Proxied, Error> {
+        self.stopper.stop();
+        match self.thread.take() {
+            Some(thread) => thread
+                .join()
+                .unwrap_or(Err(Error::Conflict("the proxy thread panicked"))),
+            None => Ok(Proxied::default()),
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.finish();
+    }
+}
+
+/// Which backend the daemon's templates ask for.
+fn backend_kind(daemon: &Launch) -> Result<SocketKind, Error> {
+    let (mut unix, mut tcp) = (false, false);
+    for text in daemon.template_texts() {
+        let text = text.as_encoded_bytes();
+        let mut rest = text;
+        let opening = b"${backend.";
+        while let Some(at) = find(rest, opening) {
+            let after = &rest[at + opening.len()..];
+            let Some(end) = after.iter().position(|&b| b == b'}') else {
+                break;
+            };
+            let inner = &after[..end];
+            let field = inner.rsplit(|&b| b == b'.').next().unwrap_or(inner);
+            match field {
+                b"path" => unix = true,
+                b"port" | b"addr" => tcp = true,
+                _ => {}
+            }
+            rest = &after[end..];
+        }
+    }
+    match (unix, tcp) {
+        (true, false) => Ok(SocketKind::UnixStream),
+        (false, true) => Ok(SocketKind::Tcp),
+        (true, true) => Err(Error::Conflict(
+            "the daemon is told both ${backend.path} (a Unix socket) and ${backend.port} or \
+             ${backend.addr} (a TCP port): it has one backend, choose one",
+        )),
+        (false, false) => Err(Error::Conflict(
+            "the daemon is never told where to listen: put ${backend.path} (a Unix socket \
+             path, preferred) or ${backend.port} / ${backend.addr} (a loopback TCP port) in \
+             its arguments or environment",
+        )),
+    }
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+/// The private directory of a Unix backend (mode 0700: only we, and the daemon, our user,
+/// can reach the sockets inside).
+fn private_dir(kind: SocketKind) -> Result<Option<tempfile::TempDir>, Error> {
+    if kind != SocketKind::UnixStream {
+        return Ok(None);
+    }
+    tempfile::Builder::new()
+        .prefix("sd-launch-proxy.")
+        .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o700))
+        .tempdir()
+        .map(Some)
+        .map_err(|source| Error::Os {
+            context: "create the private directory of the backend socket",
+            source,
+        })
+}
+
+/// The backend of daemon number `generation` (0, then one more per restart).
+fn backend_for(
+    kind: SocketKind,
+    dir: Option<&tempfile::TempDir>,
+    generation: u64,
+) -> Result<Backend, Error> {
+    if let Some(dir) = dir.filter(|_| kind == SocketKind::UnixStream) {
+        let name = match generation {
+            0 => "backend.sock".to_owned(),
+            n => format!("backend.{n}.sock"),
+        };
+        return Ok(Backend::Unix(dir.path().join(name)));
+    }
+    // A port the kernel says is free now; the daemon binds it a moment later.
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(Backend::Tcp)
+        .map_err(|source| Error::Os {
+            context: "find a free loopback port for the backend",
+            source,
+        })
+}
+
+/// `template` told `backend`: its templates expanded.
+fn expand(template: &Launch, backend: &Backend) -> Result<Launch, Error> {
+    let (kind, address) = match backend {
+        Backend::Unix(path) => (SocketKind::UnixStream, Address::Unix(path.clone())),
+        Backend::Tcp(addr) => (SocketKind::Tcp, Address::Inet(*addr)),
+    };
+    let described = [LaunchedSocket {
+        fd: -1,
+        name: Some(BACKEND.into()),
+        kind,
+        address: Some(address),
+    }];
+    let mut addresses = Addresses::default();
+    addresses.add(BACKEND, &described);
+    let mut daemon = template.clone();
+    daemon
+        .expand_templates(&addresses)
+        .map_err(|(key, reason)| Error::Template {
+            daemon: template.program_name(),
+            key,
+            reason,
+        })?;
+    Ok(daemon)
+}
+
+/// Why serving ended.
+enum End {
+    Exited(ExitStatus),
+    Signal(i32),
+    Stopped,
+}
+
+/// Where one connection is.
+#[derive(Debug)]
+enum State {
+    /// Waiting for the backend to listen (in [`Forward::waiting`]).
+    Waiting,
+    /// A non-blocking `connect` is under way.
+    Connecting(Socket),
+    /// Connected: bytes flow both ways.
+    Open {
+        backend: Socket,
+        /// Client to backend.
+        up: Flow,
+        /// Backend to client.
+        down: Flow,
+    },
+}
+
+#[derive(Debug)]
+struct Conn {
+    client: Socket,
+    since: Instant,
+    state: State,
+    /// The daemon whose backend it is connected (or connecting) to.
+    generation: Option<u64>,
+}
+
+/// What a connection attempt says.
+enum Attempt {
+    /// Connected, or under way.
+    Started(State),
+    /// The backend is not listening yet (or its backlog is full): try again later.
+    NotYet(io::Error),
+    /// Something else: this connection cannot be served.
+    Failed(io::Error),
+}
+
+/// One daemon and the backend it was told.
+struct Generation {
+    /// 0 for the first daemon, then one more per restart.
+    number: u64,
+    daemon: Launched,
+    backend: Backend,
+    /// Connections to its backend, open or under way.
+    conns: usize,
+    /// A connection reached it: it listened where it was told.
+    served: bool,
+    /// Whether connections may go to it: at once, or once it sent `READY=1` when its launch
+    /// asked for that ([`Launch::ready`]).
+    ready: bool,
+    /// Its plan (its output capture and notification socket live as long as it).
+    prepared: Prepared,
+}
+
+impl Generation {
+    /// Read its notifications; whether it is ready now.
+    fn notified(&mut self) -> bool {
+        let Some(notify) = &self.prepared.notify else {
+            return self.ready;
+        };
+        match ready_message(notify, self.daemon.pid()) {
+            Ok(ready) => self.ready |= ready,
+            Err(e) => tracing::warn!("cannot read the daemon's notifications: {e}"),
+        }
+        self.ready
+    }
+}
+
+/// A restart under way: the new daemon, until it accepts a connection.
+struct Next {
+    generation: Generation,
+    /// When to look again whether it listens.
+    probe_at: Instant,
+    delay: Duration,
+    /// It is stopped, and the restart abandoned, if it has not accepted by then.
+    give_up_at: Instant,
+}
+
+/// An old daemon after a restart. It gets `SIGTERM` once its last connection is closed
+/// (so that none it has not accepted yet is reset), or at `at` at the latest; then
+/// `SIGKILL` if it still runs a stop timeout later.
+struct Draining {
+    generation: Generation,
+    at: Instant,
+    termed: bool,
+}
+
+impl Draining {
+    fn term(&mut self, stop_timeout: Duration) {
+        let _ = self.generation.daemon.child().forward(libc::SIGTERM);
+        tracing::info!(
+            "the old daemon (pid {}) got SIGTERM ({} connection(s) left)",
+            self.generation.daemon.pid(),
+            self.generation.conns
+        );
+        self.termed = true;
+        self.at = Instant::now() + stop_timeout;
+    }
+}
+
+/// The proxy policy of the supervisor's loop.
+struct Forward<'a> {
+    proxy: &'a Proxy,
+    /// The daemon new connections go to.
+    current: Generation,
+    next: Option<Next>,
+    /// Old daemons finishing their connections.
+    draining: Vec<Draining>,
+    /// Restarts so far.
+    generations: u64,
+    /// Daemons started again because another process took their TCP port first.
+    port_retries: u32,
+    conns: HashMap<u64, Conn>,
+    /// Connections waiting for the backend, oldest first.
+    waiting: VecDeque<u64>,
+    /// When to try the waiting connections again (`None`: the backend is believed up).
+    retry_at: Option<Instant>,
+    delay: Duration,
+    /// Accepting pauses after `accept` failed for want of fds or memory.
+    paused_until: Option<Instant>,
+    proxied: Proxied,
+}
+
+impl Forward<'_> {
+    fn accept_from(&mut self, i: usize) -> Result<(), Error> {
+        let (listener, address) = &self.proxy.listeners[i];
+        loop {
+            let (client, _peer) = match listener.accept() {
+                Ok(pair) => pair,
+                Err(e) => match classify(&e) {
+                    AcceptFailure::Drained => break,
+                    AcceptFailure::ThisConnection => continue,
+                    AcceptFailure::Resources => {
+                        tracing::warn!("accept on {address}: {e}; pausing");
+                        self.paused_until = Some(Instant::now() + BACKOFF);
+                        break;
+                    }
+                    AcceptFailure::Fatal => {
+                        return Err(accept_error("accept connections on", address, e));
+                    }
+                },
+            };
+            if let Err(e) = client.set_nonblocking(true) {
+                tracing::warn!("accept on {address}: {e}: connection closed");
+                continue;
+            }
+            let _ = client.set_tcp_nodelay(true); // not TCP (Unix): nothing to do
+            self.proxied.connections += 1;
+            let n = self.proxied.connections;
+            self.conns.insert(
+                n,
+                Conn {
+                    client,
+                    since: Instant::now(),
+                    state: State::Waiting,
+                    generation: None,
+                },
+            );
+            self.waiting.push_back(n);
+        }
+        if self.retry_at.is_none() {
+            self.connect_waiting();
+        }
+        Ok(())
+    }
+
+    /// Whether the current daemon, which just exited without ever being reached, failed
+    /// because another process took its TCP port between our choice and its bind: its
+    /// stderr says "address in use", or the port is taken now.
+    fn port_taken(&self) -> bool {
+        let Backend::Tcp(addr) = self.current.backend else {
+            return false;
+        };
+        if self.current.served || self.port_retries >= MAX_PORT_RETRIES {
+            return false;
+        }
+        let said = self
+            .current
+            .daemon
+            .stderr_tail()
+            .is_some_and(|t| t.to_ascii_lowercase().contains("in use"));
+        said || std::net::TcpListener::bind(addr)
+            .is_err_and(|e| e.kind() == io::ErrorKind::AddrInUse)
+    }
+
+    /// Start the daemon again on a new port, in place of the one that exited: clients
+    /// waiting for it wait for the new one.
+    fn new_port(&mut self, status: ExitStatus) -> Result<(), Error> {
+        self.port_retries += 1;
+        self.generations += 1;
+        let proxy = self.proxy;
+        let backend = backend_for(proxy.kind, proxy._dir.as_ref(), self.generations)?;
+        tracing::warn!(
+            "{} exited ({status}): another process took its port {}; starting it again on \
+             {backend:?}",
+            self.current.daemon.program(),
+            match &self.current.backend {
+                Backend::Tcp(a) => a.port(),
+                Backend::Unix(_) => 0,
+            }
+        );
+        let launch = expand(&proxy.template, &backend)?;
+        let new = proxy.start(launch, backend, self.generations)?;
+        let old = std::mem::replace(&mut self.current, new);
+        // Connections under way to the old port go back to waiting, for the new one.
+        for (n, conn) in &mut self.conns {
+            if conn.generation == Some(old.number) && !matches!(conn.state, State::Open { .. }) {
+                conn.state = State::Waiting;
+                conn.generation = None;
+                self.waiting.push_front(*n);
+            }
+        }
+        self.retry_at = None;
+        self.delay = RETRY_FIRST;
+        self.connect_waiting();
+        Ok(())
+    }
+
+    /// A notification from daemon `i` (0: the current one, 1: the new one of a restart).
+    fn notified(&mut self, i: usize) {
+        if i == 0 {
+            let was = self.current.ready;
+            if self.current.notified() && !was {
+                tracing::info!(
+                    "{} is ready (READY=1): connecting {} waiting connection(s)",
+                    self.current.daemon.program(),
+                    self.waiting.len()
+                );
+                self.connect_waiting();
+            }
+        } else if self.next.as_mut().is_some_and(|n| n.generation.notified()) {
+            self.promote();
+        }
+    }
+
+    /// Connect the waiting connections in order, until the backend refuses one (none
+    /// before the daemon is ready).
+    fn connect_waiting(&mut self) {
+        self.retry_at = None;
+        if !self.current.ready {
+            return;
+        }
+        // A refusal seen only once the connection was under way also sets `retry_at`.
+        while self.retry_at.is_none()
+            && let Some(&n) = self.waiting.front()
+        {
+            match connect(&self.current.backend) {
+                Attempt::Started(state) => {
+                    self.waiting.pop_front();
+                    if let Some(conn) = self.conns.get_mut(&n) {
+                        conn.state = state;
+                        conn.generation = Some(self.current.number);
+                        self.current.conns += 1;
+                        self.delay = RETRY_FIRST;
+                        self.progress(n);
+                    }
+                }
+                Attempt::NotYet(e) => {
+                    self.not_yet(&e);
+                    return;
+                }
+                Attempt::Failed(e) => {
+                    self.waiting.pop_front();
+                    self.close(n, &format!("cannot connect to the backend: {e}"));
+                }
+            }
+        }
+    }
+
+    /// The backend is not there yet: retry on a deadline (there is no event for "someone
+    /// listens now"), sooner when it is there but busy (a full backlog).
+    fn not_yet(&mut self, e: &io::Error) {
+        let delay = if e.raw_os_error() == Some(libc::EAGAIN) {
+            RETRY_FIRST
+        } else {
+            let d = self.delay;
+            self.delay = (self.delay * 2).min(RETRY_MAX);
+            d
+        };
+        tracing::trace!("backend not accepting yet ({e}): retry in {delay:?}");
+        self.retry_at = Some(Instant::now() + delay);
+    }
+
+    /// Close connection `n` unserved, saying why.
+    fn close(&mut self, n: u64, why: &str) {
+        if self.remove(n) {
+            self.proxied.timed_out += 1;
+            let tail = tail_text(&self.current.daemon);
+            tracing::warn!("connection {n} closed: {why}{tail}");
+        }
+    }
+
+    /// Move connection `n` on as far as it goes now.
+    fn progress(&mut self, n: u64) {
+        let Some(conn) = self.conns.get_mut(&n) else {
+            return;
+        };
+        if let State::Connecting(socket) = &conn.state {
+            match socket.take_error() {
+                // No error yet, and no peer: the connection is still under way (POLLOUT
+                // tells when it is done).
+                Ok(None) if socket.peer_addr().is_err() => return,
+                Ok(None) => {
+                    let State::Connecting(backend) =
+                        std::mem::replace(&mut conn.state, State::Waiting)
+                    else {
+                        unreachable!("matched above");
+                    };
+                    conn.state = State::Open {
+                        backend,
+                        up: Flow::new(),
+                        down: Flow::new(),
+                    };
+                    self.current.served = true;
+                }
+                Ok(Some(e)) | Err(e) if not_listening(&e) => {
+                    conn.state = State::Waiting;
+                    let generation = conn.generation.take();
+                    self.release(generation);
+                    self.waiting.push_front(n);
+                    if self.retry_at.is_none() {
+                        self.not_yet(&e);
+                    }
+                    return;
+                }
+                Ok(Some(e)) | Err(e) => {
+                    self.close(n, &format!("cannot connect to the backend: {e}"));
+                    return;
+                }
+            }
+        }
+        let State::Open { backend, up, down } = &mut conn.state else {
+            return;
+        };
+        // Bounded: each step moves bytes or ends a direction; a peer that keeps the
+        // data coming is left for the next turn, so that others get theirs.
+        for _ in 0..16 {
+            let moved = up
+                .step(&conn.client, backend)
+                .and_then(|a| Ok(a | down.step(backend, &conn.client)?));
+            match moved {
+                Ok(true) => {}
+                Ok(false) => break,
+                Err(e) => {
+                    tracing::debug!("connection {n}: {e}: closed");
+                    self.remove(n);
+                    return;
+                }
+            }
+        }
+        if up.done() && down.done() {
+            self.remove(n);
+        }
+    }
+
+    fn timers(&mut self) {
+        let now = Instant::now();
+        if self.paused_until.is_some_and(|t| now >= t) {
+            self.paused_until = None;
+        }
+        let timeout = self.proxy.connect_timeout;
+        let late: Vec<u64> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| !matches!(c.state, State::Open { .. }) && now >= c.since + timeout)
+            .map(|(n, _)| *n)
+            .collect();
+        for n in late {
+            self.waiting.retain(|w| *w != n);
+            self.close(
+                n,
+                &format!("the backend did not accept it within {timeout:?}"),
+            );
+        }
+        if self.retry_at.is_some_and(|t| now >= t) {
+            self.connect_waiting();
+        }
+        if let Some(next) = &self.next {
+            if now >= next.give_up_at {
+                let mut next = self.next.take().expect("just seen");
+                let tail = tail_text(&next.generation.daemon);
+                tracing::warn!(
+                    "restart abandoned: the new daemon (pid {}) did not accept a connection \
+                     within {timeout:?}; stopped it, pid {} serves on{tail}",
+                    next.generation.daemon.pid(),
+                    self.current.daemon.pid()
+                );
+                let _ = next.generation.daemon.kill();
+            } else if now >= next.probe_at {
+                self.probe();
+            }
+        }
+        let stop_timeout = self.proxy.stop_timeout;
+        for d in &mut self.draining {
+            if now < d.at {
+                continue;
+            }
+            if !d.termed {
+                d.term(stop_timeout);
+            } else {
+                tracing::warn!(
+                    "the old daemon (pid {}) is still running {stop_timeout:?} after SIGTERM: \
+                     SIGKILL",
+                    d.generation.daemon.pid(),
+                );
+                let _ = d.generation.daemon.kill();
+            }
+        }
+        self.draining
+            .retain_mut(|d| matches!(d.generation.daemon.try_wait(), Ok(None)));
+    }
+
+    /// `SIGHUP` with restarts: start a new daemon on a new backend; it takes over once it
+    /// accepts a connection ([`probe`](Forward::probe)).
+    fn restart(&mut self) {
+        if let Some(next) = &self.next {
+            tracing::info!(
+                "SIGHUP: a restart is already under way (pid {})",
+                next.generation.daemon.pid()
+            );
+            return;
+        }
+        self.generations += 1;
+        let proxy = self.proxy;
+        let started =
+            backend_for(proxy.kind, proxy._dir.as_ref(), self.generations).and_then(|backend| {
+                proxy.start(
+                    expand(&proxy.template, &backend)?,
+                    backend,
+                    self.generations,
+                )
+            });
+        match started {
+            Ok(generation) => {
+                tracing::info!(
+                    "SIGHUP: started pid {} on a new backend; pid {} serves until it accepts",
+                    generation.daemon.pid(),
+                    self.current.daemon.pid()
+                );
+                let now = Instant::now();
+                let give_up_at = now + proxy.connect_timeout;
+                // Told to say READY=1: that, not listening, is when it takes over.
+                let notifies = generation.prepared.notify.is_some();
+                self.next = Some(Next {
+                    generation,
+                    probe_at: if notifies { give_up_at } else { now },
+                    delay: RETRY_FIRST,
+                    give_up_at,
+                });
+                if !notifies {
+                    self.probe();
+                }
+            }
+            Err(e) => tracing::warn!(
+                "SIGHUP: the new daemon could not be started ({e}); pid {} serves on",
+                self.current.daemon.pid()
+            ),
+        }
+    }
+
+    /// Whether the new daemon listens on its backend yet; it takes over once it does.
+    /// Until then, checked again on a deadline, from 1 ms doubling to 50 ms. Looked up in
+    /// the kernel's socket tables, not with a connection of ours: a daemon must not see a
+    /// client that closes at once (some die of it, and it would count as served).
+    fn probe(&mut self) {
+        let Some(next) = &mut self.next else {
+            return;
+        };
+        match listening(&next.generation.backend) {
+            Ok(true) => return self.promote(),
+            Ok(false) => {}
+            Err(e) => tracing::debug!("cannot tell whether the new daemon listens: {e}"),
+        }
+        next.probe_at = Instant::now() + next.delay;
+        next.delay = (next.delay * 2).min(RETRY_MAX);
+    }
+
+    /// The new daemon accepts: new connections go to it, the old one finishes its own.
+    fn promote(&mut self) {
+        let next = self.next.take().expect("a restart under way");
+        let old = std::mem::replace(&mut self.current, next.generation);
+        tracing::info!(
+            "restart: pid {} accepts and takes the new connections; pid {} finishes its {}",
+            self.current.daemon.pid(),
+            old.daemon.pid(),
+            old.conns
+        );
+        let mut old = Draining {
+            generation: old,
+            at: Instant::now() + self.proxy.stop_timeout,
+            termed: false,
+        };
+        if old.generation.conns == 0 {
+            old.term(self.proxy.stop_timeout);
+        }
+        self.draining.push(old);
+        // Connections waiting for the old daemon now try the new one.
+        if !self.waiting.is_empty() {
+            self.delay = RETRY_FIRST;
+            self.connect_waiting();
+        }
+    }
+
+    /// A daemon other than the current one exited: a new one before it accepted (the
+    /// restart fails, the old one serves on), or an old one done draining.
+    fn reap(&mut self, pid: u32) {
+        if let Some(next) = &mut self.next
+            && next.generation.daemon.pid() == pid
+        {
+            if let Ok(Some(status)) = next.generation.daemon.try_wait() {
+                let tail = tail_text(&next.generation.daemon);
+                tracing::warn!(
+                    "restart failed: the new daemon (pid {pid}) exited ({status}) before it \
+                     accepted a connection; pid {} serves on{tail}",
+                    self.current.daemon.pid()
+                );
+                self.next = None;
+            }
+            return;
+        }
+        self.draining.retain_mut(|d| {
+            d.generation.daemon.pid() != pid || matches!(d.generation.daemon.try_wait(), Ok(None))
+        });
+    }
+
+    /// Forget connection `n` (closing it), and count it off its daemon's.
+    fn remove(&mut self, n: u64) -> bool {
+        let Some(conn) = self.conns.remove(&n) else {
+            return false;
+        };
+        self.release(conn.generation);
+        true
+    }
+
+    /// A connection to daemon `generation` is over; an old daemon's last one lets it stop.
+    fn release(&mut self, generation: Option<u64>) {
+        let Some(g) = generation else {
+            return;
+        };
+        if self.current.number == g {
+            self.current.conns = self.current.conns.saturating_sub(1);
+            return;
+        }
+        let stop_timeout = self.proxy.stop_timeout;
+        if let Some(d) = self.draining.iter_mut().find(|d| d.generation.number == g) {
+            d.generation.conns = d.generation.conns.saturating_sub(1);
+            if d.generation.conns == 0 && !d.termed {
+                d.term(stop_timeout);
+            }
+        }
+    }
+}
+
+/// The end of a daemon's stderr, for the log.
+fn tail_text(daemon: &Launched) -> String {
+    daemon
+        .stderr_tail()
+        .map(|t| {
+            format!(
+                "; the daemon's stderr ended with:\n  | {}",
+                t.replace('\n', "\n  | ")
+            )
+        })
+        .unwrap_or_default()
+}
+
+impl Policy for Forward<'_> {
+    type Output = End;
+
+    fn watch(&self, watch: &mut Watch) {
+        watch.add(Key::Stop, self.proxy.stop_rx.as_raw_fd());
+        let notify = [
+            Some(&self.current),
+            self.next.as_ref().map(|n| &n.generation),
+        ];
+        for (i, g) in notify.into_iter().enumerate() {
+            if let Some(n) = g.and_then(|g| g.prepared.notify.as_ref()) {
+                watch.add(Key::Ready(i), n.raw_fd());
+            }
+        }
+        let daemons = std::iter::once(&self.current)
+            .chain(self.next.as_ref().map(|n| &n.generation))
+            .chain(self.draining.iter().map(|d| &d.generation));
+        for g in daemons {
+            if let Some(fd) = g.daemon.child().pidfd() {
+                watch.add(Key::Child(g.daemon.pid()), fd);
+            }
+        }
+        if self.paused_until.is_none() {
+            for (i, (l, _)) in self.proxy.listeners.iter().enumerate() {
+                watch.add(Key::Listener(i), l.as_raw_fd());
+            }
+        }
+        for (n, conn) in &self.conns {
+            match &conn.state {
+                State::Waiting => {}
+                State::Connecting(s) => {
+                    watch.add_events(Key::Conn(*n), s.as_raw_fd(), libc::POLLOUT)
+                }
+                State::Open { backend, up, down } => {
+                    let events = |read: &Flow, write: &Flow| {
+                        let mut e = 0;
+                        if read.wants_read() {
+                            e |= libc::POLLIN;
+                        }
+                        if write.wants_write() {
+                            e |= libc::POLLOUT;
+                        }
+                        e
+                    };
+                    let client = events(up, down);
+                    if client != 0 {
+                        watch.add_events(Key::Conn(*n), conn.client.as_raw_fd(), client);
+                    }
+                    let server = events(down, up);
+                    if server != 0 {
+                        watch.add_events(Key::Conn(*n), backend.as_raw_fd(), server);
+                    }
+                }
+            }
+        }
+    }
+
+    fn deadline(&self) -> Option<Instant> {
+        let timeout = self.proxy.connect_timeout;
+        let oldest = self
+            .conns
+            .values()
+            .filter(|c| !matches!(c.state, State::Open { .. }))
+            .map(|c| c.since + timeout)
+            .min();
+        let next = self.next.as_ref().map(|n| n.probe_at.min(n.give_up_at));
+        let kill = self.draining.iter().map(|d| d.at).min();
+        [self.retry_at, self.paused_until, oldest, next, kill]
+            .into_iter()
+            .flatten()
+            .min()
+    }
+
+    fn handle(&mut self, event: Event) -> Result<Option<End>, Error> {
+        match event {
+            Event::Readable(Key::Stop) => {
+                // The channel carries requests: `S` stop ([`Stopper`]), `R` restart
+                // ([`Running::restart`]).
+                let mut bytes = [0u8; 64];
+                let n = match (&self.proxy.stop_rx).read(&mut bytes) {
+                    Ok(n) => n,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(None),
+                    Err(_) => 0,
+                };
+                let bytes = &bytes[..n];
+                if bytes.contains(&RESTART) {
+                    self.restart();
+                }
+                if n == 0 || bytes.iter().any(|&b| b != RESTART) {
+                    return Ok(Some(End::Stopped));
+                }
+                Ok(None)
+            }
+            Event::Readable(Key::Child(pid)) if pid == self.current.daemon.pid() => {
+                match self.current.daemon.try_wait() {
+                    Ok(None) => Ok(None),
+                    Ok(Some(status)) => {
+                        if self.port_taken() {
+                            return self.new_port(status).map(|()| None);
+                        }
+                        tracing::info!(
+                            "{} exited ({status}): closing {} connection(s) and the public \
+                             sockets",
+                            self.current.daemon.program(),
+                            self.conns.len()
+                        );
+                        Ok(Some(End::Exited(status)))
+                    }
+                    Err(source) => Err(Error::Os {
+                        context: "wait for the daemon",
+                        source,
+                    }),
+                }
+            }
+            Event::Readable(Key::Child(pid)) => {
+                self.reap(pid);
+                Ok(None)
+            }
+            Event::Signal(libc::SIGHUP) if self.proxy.restart_on_hup => {
+                self.restart();
+                Ok(None)
+            }
+            Event::Readable(Key::Listener(i)) => self.accept_from(i).map(|()| None),
+            Event::Readable(Key::Conn(n)) => {
+                self.progress(n);
+                Ok(None)
+            }
+            Event::Readable(Key::Ready(i)) => {
+                self.notified(i);
+                Ok(None)
+            }
+            Event::Readable(Key::Notify) => Ok(None),
+            Event::Signal(sig @ (libc::SIGINT | libc::SIGTERM)) => Ok(Some(End::Signal(sig))),
+            Event::Signal(sig) => {
+                if FORWARDED.contains(&sig) {
+                    let _ = self.current.daemon.child().forward(sig);
+                }
+                Ok(None)
+            }
+            Event::Deadline => {
+                self.timers();
+                Ok(None)
+            }
+        }
+    }
+}
+
+/// Whether something listens on `backend`, from the kernel's tables of this network
+/// namespace (`/proc/net/unix`: a socket bound at the path with `__SO_ACCEPTCON`;
+/// `/proc/net/tcp`, `tcp6`: a socket in state `LISTEN` on the port, on any address).
+fn listening(backend: &Backend) -> io::Result<bool> {
+    match backend {
+        Backend::Unix(path) => {
+            const ACCEPTING: u32 = 0x10000; // __SO_ACCEPTCON: listen() was called
+            let table = std::fs::read_to_string("/proc/net/unix")?;
+            let path = path.to_string_lossy();
+            Ok(table.lines().skip(1).any(|line| {
+                let fields: Vec<&str> = line.split_whitespace().collect();
+                fields.len() >= 8
+                    && fields[7..].join(" ") == path
+                    && u32::from_str_radix(fields[3], 16).is_ok_and(|f| f & ACCEPTING != 0)
+            }))
+        }
+        Backend::Tcp(addr) => {
+            let port = format!(":{:04X}", addr.port());
+            let mut found = false;
+            for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+                let Ok(table) = std::fs::read_to_string(table) else {
+                    continue; // no IPv6
+                };
+                found |= table.lines().skip(1).any(|line| {
+                    let fields: Vec<&str> = line.split_whitespace().collect();
+                    fields.len() > 3 && fields[1].ends_with(&port) && fields[3] == "0A"
+                });
+            }
+            Ok(found)
+        }
+    }
+}
+
+/// Whether a connect error means the backend is not listening (yet), or cannot take the
+/// connection now.
+fn not_listening(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::ENOENT | libc::ECONNREFUSED | libc::EAGAIN)
+    )
+}
+
+/// Start a non-blocking connection to the backend.
+fn connect(backend: &Backend) -> Attempt {
+    let (domain, addr) = match backend {
+        Backend::Unix(path) => match SockAddr::unix(path) {
+            Ok(addr) => (Domain::UNIX, addr),
+            Err(e) => return Attempt::Failed(e),
+        },
+        Backend::Tcp(a) => (Domain::for_address(*a), SockAddr::from(*a)),
+    };
+    let socket = match Socket::new(domain, Type::STREAM, None).and_then(|s| {
+        s.set_nonblocking(true)?;
+        Ok(s)
+    }) {
+        Ok(s) => s,
+        Err(e) => return Attempt::Failed(e),
+    };
+    if matches!(backend, Backend::Tcp(_)) {
+        let _ = socket.set_tcp_nodelay(true);
+    }
+    match socket.connect(&addr) {
+        Ok(()) => Attempt::Started(State::Connecting(socket)),
+        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {
+            Attempt::Started(State::Connecting(socket))
+        }
+        Err(e) if not_listening(&e) => Attempt::NotYet(e),
+        Err(e) => Attempt::Failed(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+
+    /// A "daemon" that listens where it is told, after a delay, and echoes in upper case
+    /// what each client sends until its end (half-close), then closes. Python keeps it
+    /// honest: a real process, listening late, one connection at a time.
+    fn echo_daemon(delay: &str) -> Launch {
+        Launch::new("python3").args([
+            "-c",
+            "import socket,sys,time\n\
+             time.sleep(float(sys.argv[2]))\n\
+             s=socket.socket(socket.AF_UNIX); s.bind(sys.argv[1]); s.listen(1024)\n\
+             while True:\n\
+             \x20   c,_=s.accept(); d=b''\n\
+             \x20   while True:\n\
+             \x20       b=c.recv(65536)\n\
+             \x20       if not b: break\n\
+             \x20       d+=b\n\
+             \x20   c.sendall(d.upper()); c.close()\n",
+            "${backend.path}",
+            delay,
+        ])
+    }
+
+    fn python() -> bool {
+        let found = Launch::new("python3").find_program().is_ok();
+        if !found {
+            eprintln!("SKIPPED: python3 is not installed");
+        }
+        found
+    }
+
+    fn ask(addr: SocketAddr, what: &[u8]) -> io::Result<Vec<u8>> {
+        let mut c = std::net::TcpStream::connect(addr)?;
+        c.set_read_timeout(Some(Duration::from_secs(20)))?;
+        c.write_all(what)?;
+        c.shutdown(std::net::Shutdown::Write)?; // the daemon answers after our end
+        let mut reply = Vec::new();
+        c.read_to_end(&mut reply)?;
+        Ok(reply)
+    }
+
+    #[test]
+    fn clients_that_connect_before_the_daemon_listens_are_served() {
+        if !python() {
+            return;
+        }
+        let running = echo_daemon("0.3").proxy().unwrap().spawn().unwrap();
+        let addr = running.local_addr(0);
+        let clients: Vec<_> = (0..50)
+            .map(|i| std::thread::spawn(move || ask(addr, format!("hello {i}").as_bytes())))
+            .collect();
+        for (i, c) in clients.into_iter().enumerate() {
+            assert_eq!(c.join().unwrap().unwrap(), format!("HELLO {i}").as_bytes());
+        }
+        let proxied = running.stop().unwrap();
+        assert_eq!((proxied.connections, proxied.timed_out), (50, 0));
+    }
+
+    #[test]
+    fn restarts_under_load_fail_no_request() {
+        use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+        if !python() {
+            return;
+        }
+        // Answers each request with its pid; dies at once on SIGTERM (Python's default),
+        // so a request it had not answered would fail: none may be left when it gets it.
+        let daemon = Launch::new("python3").args([
+            "-c",
+            "import os,socket,sys\n\
+             s=socket.socket(socket.AF_UNIX); s.bind(sys.argv[1]); s.listen(128)\n\
+             while True:\n\
+             \x20   c,_=s.accept(); c.recv(100); c.sendall(str(os.getpid()).encode()); c.close()\n",
+            "${backend.path}",
+        ]);
+        let running = Arc::new(daemon.proxy().unwrap().spawn().unwrap());
+        let addr = running.local_addr(0);
+        let (done, last, ok) = (
+            Arc::new(AtomicBool::new(false)),
+            Arc::new(AtomicU32::new(0)),
+            Arc::new(AtomicUsize::new(0)),
+        );
+        let clients: Vec<_> = (0..3)
+            .map(|_| {
+                let (done, last, ok) = (done.clone(), last.clone(), ok.clone());
+                std::thread::spawn(move || {
+                    let mut failures = Vec::new();
+                    while !done.load(Ordering::Relaxed) {
+                        match ask(addr, b"pid?").map(|r| String::from_utf8(r).unwrap()) {
+                            Ok(pid) if !pid.is_empty() => {
+                                last.store(pid.parse().unwrap(), Ordering::Relaxed);
+                                ok.fetch_add(1, Ordering::Relaxed);
+                            }
+                            other => failures.push(format!("{other:?}")),
+                        }
+                    }
+                    failures
+                })
+            })
+            .collect();
+        let mut pids = Vec::new();
+        for _ in 0..5 {
+            let end = Instant::now() + Duration::from_secs(20);
+            while last.load(Ordering::Relaxed) == 0
+                || pids.last() == Some(&last.load(Ordering::Relaxed))
+            {
+                assert!(Instant::now() < end, "no reply from a new daemon");
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            pids.push(last.load(Ordering::Relaxed));
+            running.restart();
+        }
+        done.store(true, Ordering::Relaxed);
+        let failures: Vec<String> = clients
+            .into_iter()
+            .flat_map(|c| c.join().unwrap())
+            .collect();
+        assert!(
+            failures.is_empty(),
+            "{} failed requests: {failures:?}",
+            failures.len()
+        );
+        assert_eq!(pids.len(), 5, "five daemons served in turn: {pids:?}");
+        assert!(ok.load(Ordering::Relaxed) >= 5);
+    }
+
+    #[test]
+    fn with_ready_clients_wait_for_ready_1_not_for_the_listening_socket() {
+        if !python() {
+            return;
+        }
+        // Listens at once but is not ready for 0.3 s, like PostgreSQL starting up.
+        let daemon = Launch::new("python3")
+            .args([
+                "-c",
+                "import os,socket,sys,time\n\
+                 s=socket.socket(socket.AF_UNIX); s.bind(sys.argv[1]); s.listen(128)\n\
+                 s.settimeout(0.3); ready=False; start=time.time()\n\
+                 while True:\n\
+                 \x20   if not ready and time.time()-start>0.3:\n\
+                 \x20       n=socket.socket(socket.AF_UNIX,socket.SOCK_DGRAM)\n\
+                 \x20       a=os.environ['NOTIFY_SOCKET']; a='\\0'+a[1:] if a[0]=='@' else a\n\
+                 \x20       n.sendto(b'READY=1',a); ready=True\n\
+                 \x20   try: c,_=s.accept()\n\
+                 \x20   except socket.timeout: continue\n\
+                 \x20   c.recv(100); c.sendall(b'ready' if ready else b'starting up'); c.close()\n",
+                "${backend.path}",
+            ])
+            .ready(Duration::from_secs(10));
+        let running = daemon.proxy().unwrap().spawn().unwrap();
+        let reply = ask(running.local_addr(0), b"hello?").unwrap();
+        assert_eq!(String::from_utf8(reply).unwrap(), "ready");
+    }
+
+    #[test]
+    fn a_daemon_whose_port_was_taken_is_started_again_on_a_new_one() {
+        if !python() {
+            return;
+        }
+        let marker = tempfile::tempdir().unwrap();
+        // The first run finds its port taken (here by itself, the race made certain: a
+        // socket bound to it, as an outgoing connection's port is) and exits as a daemon
+        // does on EADDRINUSE; the second serves.
+        let daemon = Launch::new("python3").args([
+            "-c",
+            "import os,socket,sys\n\
+             port=int(sys.argv[1]); marker=sys.argv[2]\n\
+             if not os.path.exists(marker):\n\
+             \x20   open(marker,'w').close()\n\
+             \x20   squatter=socket.socket(); squatter.bind(('127.0.0.1',port))\n\
+             s=socket.socket(); s.bind(('127.0.0.1',port)); s.listen(128)\n\
+             while True:\n\
+             \x20   c,_=s.accept(); c.recv(100); c.sendall(b'served'); c.close()\n",
+            "${backend.port}",
+            marker.path().join("first-run-done").to_str().unwrap(),
+        ]);
+        let running = daemon.proxy().unwrap().spawn().unwrap();
+        let reply = ask(running.local_addr(0), b"hello?").unwrap();
+        assert_eq!(String::from_utf8(reply).unwrap(), "served");
+    }
+
+    #[test]
+    fn a_megabyte_each_way_arrives_intact() {
+        if !python() {
+            return;
+        }
+        let running = echo_daemon("0").proxy().unwrap().spawn().unwrap();
+        let big: Vec<u8> = (0..1 << 20).map(|i| b"abcdefgh"[i % 8]).collect();
+        let reply = ask(running.local_addr(0), &big).unwrap();
+        assert_eq!(reply, big.to_ascii_uppercase());
+    }
+
+    #[test]
+    fn a_backend_that_never_listens_costs_its_clients_the_timeout_only() {
+        let running = Options::new()
+            .connect_timeout(Duration::from_millis(300))
+            .bind(Launch::new("sh").args(["-c", "sleep 30", "${backend.path}"]))
+            .unwrap()
+            .spawn()
+            .unwrap();
+        let started = Instant::now();
+        let reply = ask(running.local_addr(0), b"anyone?");
+        assert!(
+            matches!(&reply, Ok(r) if r.is_empty()) || reply.is_err(),
+            "closed unanswered: {reply:?}"
+        );
+        let waited = started.elapsed();
+        assert!(
+            waited >= Duration::from_millis(250) && waited < Duration::from_secs(10),
+            "{waited:?}"
+        );
+        assert_eq!(running.stop().unwrap().timed_out, 1);
+    }
+
+    #[test]
+    fn when_the_daemon_exits_clients_are_refused_at_once() {
+        let running = Launch::new("sh")
+            .args(["-c", "sleep 0.2", "${backend.path}"])
+            .proxy()
+            .unwrap()
+            .spawn()
+            .unwrap();
+        let addr = running.local_addr(0);
+        let waiting = std::net::TcpStream::connect(addr).unwrap();
+        let proxied = running.wait().unwrap();
+        assert!(proxied.status.is_some_and(|s| s.success()));
+        let mut waiting = waiting;
+        waiting
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        let mut buf = [0u8; 1];
+        assert!(
+            matches!(waiting.read(&mut buf), Ok(0) | Err(_)),
+            "the waiting client is closed"
+        );
+        let refused = std::net::TcpStream::connect(addr).unwrap_err();
+        assert_eq!(refused.kind(), io::ErrorKind::ConnectionRefused);
+    }
+
+    #[test]
+    fn the_backend_directory_is_private_and_goes_with_the_proxy() {
+        let proxy = Launch::new("sh")
+            .args(["-c", "sleep 30", "${backend.path}"])
+            .proxy()
+            .unwrap();
+        let Backend::Unix(path) = proxy.backend().clone() else {
+            panic!("a Unix backend");
+        };
+        let dir = path.parent().unwrap().to_owned();
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&dir).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o700);
+        drop(proxy);
+        assert!(!dir.exists());
+    }
+
+    #[test]
+    fn the_kernel_tables_tell_whether_a_backend_listens() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("b.sock");
+        assert!(!listening(&Backend::Unix(path.clone())).unwrap());
+        let unix = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        assert!(listening(&Backend::Unix(path.clone())).unwrap());
+        drop(unix);
+        let tcp = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = tcp.local_addr().unwrap();
+        assert!(listening(&Backend::Tcp(addr)).unwrap());
+        drop(tcp);
+        assert!(!listening(&Backend::Tcp(addr)).unwrap());
+    }
+
+    #[test]
+    fn templates_choose_the_backend() {
+        let kind = |args: &[&str]| backend_kind(&Launch::new("d").args(args));
+        assert_eq!(
+            kind(&["--unixsocket", "${backend.path}"]).unwrap(),
+            SocketKind::UnixStream
+        );
+        assert_eq!(kind(&["--port=${backend.port}"]).unwrap(), SocketKind::Tcp);
+        assert_eq!(kind(&["-l", "${backend.addr}"]).unwrap(), SocketKind::Tcp);
+        assert!(kind(&["${backend.path}", "${backend.port}"]).is_err());
+        let none = kind(&["--port", "6379"]).unwrap_err();
+        assert!(
+            none.to_string().contains("never told where to listen"),
+            "{none}"
+        );
+        let env = backend_kind(&Launch::new("d").env("PGHOST", "${backend.path}"));
+        assert_eq!(env.unwrap(), SocketKind::UnixStream);
+    }
+}

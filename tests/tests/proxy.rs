@@ -1,0 +1,612 @@
+//! `sd-launch --proxy`: daemons that do not speak LISTEN_FDS, behind sockets whose address is
+//! known before they start and that a client can connect to at once. Real daemons (Redis,
+//! memcached, demo-server binding its own `--listen`), the real CLI, loopback and Unix
+//! traffic only; each test stops what it started.
+
+use sd_launch_tests::{ChildGuard, bin, get_tcp, tool, wait_gone};
+use std::ffi::{OsStr, OsString};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// `sd-launch --proxy ARGS` in the background, as `export $(...)` runs it: the command
+/// returns (its stdout closed) once it has printed; the proxy process runs on, its log (and
+/// the daemon's, if sent there) in a file. Dropping it stops the proxy, which stops the
+/// daemon.
+struct Background {
+    port: u16,
+    pid: u32,
+    log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Background {
+    fn start<S: AsRef<OsStr>>(args: &[S]) -> Background {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("proxy.log");
+        // `output()` reads stdout to its end: it returns only because the proxy process
+        // does not hold it.
+        let out = Command::new(bin("sd-launch"))
+            .arg("--proxy")
+            .args(args)
+            .stdin(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "sd-launch --proxy failed ({}): {text}\n{}",
+            out.status,
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        let value = |key: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(key))
+                .unwrap_or_else(|| panic!("no {key} in {text:?}"))
+                .parse::<u32>()
+                .unwrap()
+        };
+        Background {
+            port: value("LAUNCHED_PORT=") as u16,
+            pid: value("LAUNCHED_PID="),
+            log,
+            _dir: dir,
+        }
+    }
+
+    fn addr(&self) -> SocketAddr {
+        ([127, 0, 0, 1], self.port).into()
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// How many fds the proxy process holds.
+    fn fds(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.pid))
+            .unwrap()
+            .count()
+    }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        let pid = libc::pid_t::try_from(self.pid).unwrap_or(0);
+        if pid > 0 {
+            // SAFETY: kill(2) on the proxy process this test started.
+            unsafe { libc::kill(pid, libc::SIGTERM) };
+            // The proxy exits only once its daemon has (SIGKILL after the stop timeout).
+            assert!(wait_gone(self.pid), "the proxy did not exit on SIGTERM");
+        }
+    }
+}
+
+/// `sd-launch --proxy --foreground ARGS`, our child, with its printed port.
+fn foreground<S: AsRef<OsStr>>(args: &[S], log: &std::path::Path) -> (ChildGuard, SocketAddr) {
+    let mut child = ChildGuard(
+        Command::new(bin("sd-launch"))
+            .args(["--proxy", "--foreground"])
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(log).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let mut out = BufReader::new(child.0.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    let port = line
+        .trim_end()
+        .strip_prefix("LAUNCHED_PORT=")
+        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+        .parse::<u16>()
+        .unwrap();
+    (child, ([127, 0, 0, 1], port).into())
+}
+
+/// Wait (bounded) for our child to exit.
+fn exit_within(child: &mut ChildGuard, within: Duration) -> Option<std::process::ExitStatus> {
+    let end = Instant::now() + within;
+    while Instant::now() < end {
+        if let Some(status) = child.0.try_wait().unwrap() {
+            return Some(status);
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    None
+}
+
+/// A daemon in Python that listens where it is told (a Unix path), after `delay` seconds,
+/// and answers each connection once the client has sent its end: what it read, upper-cased.
+fn upper_after_eof(delay: &str) -> Vec<String> {
+    [
+        "python3",
+        "-c",
+        "import socket,sys,time\n\
+         time.sleep(float(sys.argv[2]))\n\
+         s=socket.socket(socket.AF_UNIX); s.bind(sys.argv[1]); s.listen(128)\n\
+         while True:\n\
+         \x20   c,_=s.accept(); d=b''\n\
+         \x20   while True:\n\
+         \x20       b=c.recv(65536)\n\
+         \x20       if not b: break\n\
+         \x20       d+=b\n\
+         \x20   c.sendall(d.upper()); c.close()\n",
+        "${backend.path}",
+        delay,
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
+/// Send `request`, read until the reply ends with `end` (or the peer's end).
+fn send(addr: SocketAddr, request: &[u8], end: &[u8]) -> std::io::Result<Vec<u8>> {
+    let mut c = TcpStream::connect(addr)?;
+    c.set_read_timeout(Some(Duration::from_secs(20)))?;
+    c.write_all(request)?;
+    let mut reply = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = c.read(&mut buf)?;
+        reply.extend_from_slice(&buf[..n]);
+        if n == 0 || reply.ends_with(end) {
+            return Ok(reply);
+        }
+    }
+}
+
+#[test]
+fn the_redis_example_of_the_readme_works_as_written() {
+    let (Some(_), Some(_)) = (
+        tool("redis-server", "redis-server"),
+        tool("redis-cli", "redis-tools"),
+    ) else {
+        return;
+    };
+    let sd_launch = bin("sd-launch");
+    let script = format!(
+        "export $({} --proxy -- redis-server --port 0 --unixsocket '${{backend.path}}' --save '') \
+         && redis-cli -p $LAUNCHED_PORT ping; kill $LAUNCHED_PID; echo pid=$LAUNCHED_PID",
+        sd_launch.display()
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new("sh")
+        .args(["-c", &script])
+        .current_dir(dir.path())
+        .stderr(Stdio::inherit())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.starts_with("PONG\n"), "{text:?}");
+    let pid: u32 = text.trim().rsplit("pid=").next().unwrap().parse().unwrap();
+    assert!(
+        wait_gone(pid),
+        "the proxy (and redis with it) stops on SIGTERM"
+    );
+}
+
+#[test]
+fn redis_answers_the_first_command_sent_before_it_listens() {
+    if tool("redis-server", "redis-server").is_none() {
+        return;
+    }
+    let proxy = Background::start(&[
+        "--",
+        "redis-server",
+        "--port",
+        "0",
+        "--unixsocket",
+        "${backend.path}",
+        "--save",
+        "",
+    ]);
+    // Sent at once, while redis may still be starting: it waits, is not refused.
+    let request = b"SET greeting hello\r\nGET greeting\r\n";
+    let reply = send(proxy.addr(), request, b"hello\r\n").unwrap();
+    let reply = String::from_utf8(reply).unwrap();
+    assert_eq!(reply, "+OK\r\n$5\r\nhello\r\n", "{}", proxy.log());
+}
+
+#[test]
+fn memcached_speaks_its_text_protocol_through_the_proxy() {
+    if tool("memcached", "memcached").is_none() {
+        return;
+    }
+    // memcached refuses to run as root unless told which user to be.
+    // SAFETY: getuid has no preconditions.
+    let root = unsafe { libc::getuid() } == 0;
+    let mut args = vec!["--", "memcached", "-s", "${backend.path}"];
+    if root {
+        args.extend(["-u", "root"]);
+    }
+    let proxy = Background::start(&args);
+    let stored = send(proxy.addr(), b"set k 0 0 5\r\nvalue\r\n", b"\r\n").unwrap();
+    assert_eq!(stored, b"STORED\r\n", "{}", proxy.log());
+    let mut c = TcpStream::connect(proxy.addr()).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    c.write_all(b"get k\r\nquit\r\n").unwrap();
+    let mut reply = String::new();
+    c.read_to_string(&mut reply).unwrap(); // `quit`: memcached closes, we pass it on
+    assert_eq!(reply, "VALUE k 0 5\r\nvalue\r\nEND\r\n");
+}
+
+#[test]
+fn demo_server_binding_its_own_listen_address_is_served_behind_the_proxy() {
+    let proxy = Background::start(&[
+        OsStr::new("--"),
+        bin("demo-server").as_os_str(),
+        OsStr::new("--listen"),
+        OsStr::new("127.0.0.1:${backend.port}"),
+    ]);
+    let info = get_tcp(proxy.addr(), "/info").unwrap();
+    assert_eq!(info.status, 200, "{}", proxy.log());
+    let info: serde_json::Value = serde_json::from_str(&info.body).unwrap();
+    assert_eq!(info["activated"], false, "it got no socket of ours: {info}");
+    let own = info["sockets"][0]["local"].as_str().unwrap();
+    assert_ne!(own, proxy.addr().to_string(), "it listens privately");
+}
+
+#[test]
+fn a_thousand_clients_that_connect_before_the_daemon_listens_are_all_served() {
+    // demo-server starts one second late: every client is connected (to us) before.
+    let proxy = Background::start(&[
+        OsStr::new("--"),
+        OsStr::new("sh"),
+        OsStr::new("-c"),
+        OsStr::new("sleep 1; exec \"$0\" --listen 127.0.0.1:$1"),
+        bin("demo-server").as_os_str(),
+        OsStr::new("${backend.port}"),
+    ]);
+    let started = Instant::now();
+    let mut clients: Vec<TcpStream> = (0..1000)
+        .map(|i| {
+            let mut c = TcpStream::connect(proxy.addr())
+                .unwrap_or_else(|e| panic!("client {i} refused: {e}"));
+            c.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                .unwrap();
+            c
+        })
+        .collect();
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "all connected before the daemon could listen ({:?})",
+        started.elapsed()
+    );
+    for (i, c) in clients.iter_mut().enumerate() {
+        c.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        let mut raw = Vec::new();
+        c.read_to_end(&mut raw)
+            .unwrap_or_else(|e| panic!("client {i}: {e}\n{}", proxy.log()));
+        let r = sd_launch_tests::parse_response(&raw).unwrap();
+        assert_eq!(r.status, 200, "client {i}");
+    }
+}
+
+#[test]
+fn a_client_that_sends_its_end_still_gets_the_reply() {
+    if tool("python3", "python3").is_none() {
+        return;
+    }
+    let proxy = Background::start(&[&["--".to_string()], &upper_after_eof("0")[..]].concat());
+    let mut c = TcpStream::connect(proxy.addr()).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    c.write_all(b"half closed").unwrap();
+    c.shutdown(Shutdown::Write).unwrap(); // the daemon answers only after this end
+    let mut reply = String::new();
+    c.read_to_string(&mut reply).unwrap();
+    assert_eq!(reply, "HALF CLOSED", "{}", proxy.log());
+}
+
+#[test]
+fn no_fd_is_left_behind_per_connection() {
+    if tool("python3", "python3").is_none() {
+        return;
+    }
+    let proxy = Background::start(&[&["--".to_string()], &upper_after_eof("0")[..]].concat());
+    let once = |i: usize| {
+        let mut c = TcpStream::connect(proxy.addr()).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        c.write_all(format!("n{i}").as_bytes()).unwrap();
+        c.shutdown(Shutdown::Write).unwrap();
+        let mut reply = String::new();
+        c.read_to_string(&mut reply).unwrap();
+        assert_eq!(reply, format!("N{i}"));
+    };
+    once(0); // the backend is up: from now on every connection is served the same way
+    // The proxy closes its side right after passing the end on, a moment after the client
+    // may see it: the count is taken once it holds still (bounded).
+    let mut before = proxy.fds();
+    for _ in 0..50 {
+        std::thread::sleep(Duration::from_millis(100));
+        let now = proxy.fds();
+        if now == before {
+            break;
+        }
+        before = now;
+    }
+    for i in 1..=300 {
+        once(i);
+    }
+    // Bounded wait for the last connection's moment, then the count must be back.
+    let end = Instant::now() + Duration::from_secs(10);
+    while proxy.fds() != before && Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(
+        proxy.fds(),
+        before,
+        "fds of the proxy after 300 connections"
+    );
+}
+
+#[test]
+fn when_the_daemon_dies_clients_are_closed_and_refused_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("log");
+    let (mut child, addr) = foreground(
+        &["--", "sh", "-c", "sleep 0.5; exit 3", "${backend.path}"],
+        &log,
+    );
+    let mut waiting = TcpStream::connect(addr).unwrap(); // the daemon never listens
+    waiting
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let status = exit_within(&mut child, Duration::from_secs(10)).expect("sd-launch exits");
+    assert_eq!(status.code(), Some(3), "the daemon's status");
+    let started = Instant::now();
+    let mut buf = [0u8; 1];
+    assert!(matches!(waiting.read(&mut buf), Ok(0) | Err(_)));
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "closed, not hung"
+    );
+    let refused = TcpStream::connect(addr).unwrap_err();
+    assert_eq!(refused.kind(), std::io::ErrorKind::ConnectionRefused);
+}
+
+#[test]
+fn a_daemon_that_never_listens_costs_a_client_the_connect_timeout_and_says_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("log");
+    let (mut child, addr) = foreground(
+        &[
+            "--connect-timeout",
+            "0.5",
+            "--",
+            "sh",
+            "-c",
+            "echo 'FATAL: no config file' >&2; sleep 30",
+            "${backend.path}",
+        ],
+        &log,
+    );
+    let mut c = TcpStream::connect(addr).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let started = Instant::now();
+    let mut buf = [0u8; 1];
+    assert!(
+        matches!(c.read(&mut buf), Ok(0) | Err(_)),
+        "closed unanswered"
+    );
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(400) && waited < Duration::from_secs(10),
+        "{waited:?}"
+    );
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(child.0.id() as libc::pid_t, libc::SIGTERM) };
+    let status = exit_within(&mut child, Duration::from_secs(20)).expect("sd-launch exits");
+    assert_eq!(status.code(), Some(0), "stopped by SIGTERM");
+    let log = std::fs::read_to_string(&log).unwrap();
+    assert!(log.contains("did not accept it within 500ms"), "{log}");
+    assert!(
+        log.contains("FATAL: no config file"),
+        "the daemon's tail: {log}"
+    );
+}
+
+#[test]
+fn a_daemon_never_told_where_to_listen_is_a_usage_error() {
+    let out = Command::new(bin("sd-launch"))
+        .args(["--proxy", "--", "redis-server", "--port", "6379"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("the daemon is never told where to listen"),
+        "{err}"
+    );
+    assert!(out.stdout.is_empty());
+    let out = Command::new(bin("sd-launch"))
+        .args(["--proxy", "--datagram", "--", "d", "${backend.port}"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("stream connections"));
+}
+
+#[test]
+fn sighup_restarts_under_load_fail_no_request() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    // demo-server binds its own --listen: a new port for every daemon.
+    let proxy = Background::start(&[
+        OsStr::new("--restart"),
+        OsStr::new("--"),
+        bin("demo-server").as_os_str(),
+        OsStr::new("--listen"),
+        OsStr::new("127.0.0.1:${backend.port}"),
+    ]);
+    let addr = proxy.addr();
+    let done = Arc::new(AtomicBool::new(false));
+    let (tx, rx) = std::sync::mpsc::channel::<u64>();
+    let clients: Vec<_> = (0..4)
+        .map(|_| {
+            let (done, tx) = (done.clone(), tx.clone());
+            std::thread::spawn(move || {
+                let (mut served, mut failures) = (0u32, Vec::new());
+                while !done.load(Ordering::Relaxed) {
+                    match get_tcp(addr, "/info") {
+                        Ok(r) if r.status == 200 => {
+                            let info: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+                            let _ = tx.send(info["pid"].as_u64().unwrap());
+                            served += 1;
+                        }
+                        other => failures.push(format!("{other:?}")),
+                    }
+                }
+                (served, failures)
+            })
+        })
+        .collect();
+    let mut pids = vec![
+        rx.recv_timeout(Duration::from_secs(20))
+            .expect("a first reply"),
+    ];
+    for _ in 0..5 {
+        // SAFETY: kill(2) on the proxy process this test started.
+        unsafe { libc::kill(proxy.pid as libc::pid_t, libc::SIGHUP) };
+        let end = Instant::now() + Duration::from_secs(20);
+        loop {
+            let pid = rx
+                .recv_timeout(end.saturating_duration_since(Instant::now()))
+                .unwrap_or_else(|_| panic!("no reply from a new daemon\n{}", proxy.log()));
+            if !pids.contains(&pid) {
+                pids.push(pid);
+                break;
+            }
+        }
+        // Under load for 100 more requests before the next restart.
+        for _ in 0..100 {
+            rx.recv_timeout(Duration::from_secs(20))
+                .expect("replies go on");
+        }
+    }
+    done.store(true, Ordering::Relaxed);
+    let mut served = 0;
+    for client in clients {
+        let (n, failures) = client.join().unwrap();
+        assert!(
+            failures.is_empty(),
+            "{} failed: {failures:?}\n{}",
+            failures.len(),
+            proxy.log()
+        );
+        served += n;
+    }
+    assert_eq!(pids.len(), 6, "six daemons served in turn: {pids:?}");
+    eprintln!("{served} requests over 5 restarts, 0 failed");
+}
+
+/// PostgreSQL's server binaries (`initdb`, `postgres`), which Debian keeps off PATH.
+fn postgres_bin() -> Option<PathBuf> {
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path().join("bin"))
+        .filter(|bin| bin.join("postgres").is_file() && bin.join("initdb").is_file())
+        .collect();
+    dirs.sort();
+    dirs.pop()
+        .or_else(|| sd_launch_tests::skip("PostgreSQL's server", "apt-get install -y postgresql"))
+}
+
+#[test]
+fn postgresql_answers_psql_at_once_behind_the_proxy() {
+    let (Some(pg), Some(psql)) = (postgres_bin(), tool("psql", "postgresql-client")) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    // PostgreSQL refuses to run as root: then it runs as the postgres user, on a data
+    // directory of its own.
+    // SAFETY: getuid has no preconditions.
+    let as_user: Vec<String> = if unsafe { libc::getuid() } == 0 {
+        let out = Command::new("id")
+            .args(["-u", "postgres"])
+            .output()
+            .unwrap();
+        let uid: u32 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+        let out = Command::new("id")
+            .args(["-g", "postgres"])
+            .output()
+            .unwrap();
+        let gid: u32 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+        std::os::unix::fs::chown(dir.path(), Some(uid), Some(gid)).unwrap();
+        [
+            "setpriv",
+            "--reuid=postgres",
+            "--regid=postgres",
+            "--init-groups",
+        ]
+        .map(String::from)
+        .to_vec()
+    } else {
+        Vec::new()
+    };
+    let data = dir.path().join("data");
+    let initdb = Command::new(as_user.first().map_or(pg.join("initdb"), PathBuf::from))
+        .args(as_user.iter().skip(1))
+        .args(
+            as_user
+                .is_empty()
+                .then(Vec::new)
+                .unwrap_or_else(|| vec![pg.join("initdb")]),
+        )
+        .arg("-D")
+        .arg(&data)
+        .args(["-U", "postgres", "--auth=trust", "-N"])
+        .output()
+        .unwrap();
+    assert!(
+        initdb.status.success(),
+        "initdb: {}",
+        String::from_utf8_lossy(&initdb.stderr)
+    );
+    let mut args: Vec<OsString> = vec!["--".into()];
+    args.extend(as_user.iter().map(OsString::from));
+    args.push(pg.join("postgres").into());
+    args.extend(["-D".into(), data.into_os_string()]);
+    for a in [
+        "-h",
+        "127.0.0.1",
+        "-p",
+        "${backend.port}",
+        "-k",
+        "",
+        "-c",
+        "fsync=off",
+    ] {
+        args.push(a.into());
+    }
+    // PostgreSQL listens before it can serve ("the database system is starting up"), and
+    // says READY=1 when it can: --ready makes connections wait for that.
+    args.insert(0, "--ready".into());
+    let proxy = Background::start(&args);
+    // At once: psql's connection waits in the proxy while PostgreSQL starts.
+    let out = Command::new(psql)
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &proxy.port.to_string(),
+            "-U",
+            "postgres",
+        ])
+        .args(["-tAc", "select 40 + 2"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "42",
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        proxy.log()
+    );
+}
