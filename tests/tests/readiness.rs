@@ -242,3 +242,28 @@ mod cli {
         }
     }
 }
+
+#[test]
+fn a_daemon_that_keeps_notifying_after_ready_never_blocks() {
+    let Some(notify) = sd_launch_tests::tool("systemd-notify", "systemd") else {
+        return;
+    };
+    // READY=1, then 50 STATUS= messages: more than a datagram queue nobody reads holds (10).
+    let script = format!(
+        "{n} --ready; i=0; while [ $i -lt 50 ]; do {n} STATUS=$i; i=$((i+1)); done; echo done; exec sleep 30",
+        n = notify.display()
+    );
+    let daemon = Launch::new("sh")
+        .args(["-c", &script])
+        .wait_until(Wait::notify(), LONG)
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + LONG;
+    while !daemon.stdout().unwrap().contains("done") {
+        assert!(
+            Instant::now() < deadline,
+            "the daemon blocked in sd_notify after READY=1"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
