@@ -267,3 +267,34 @@ fn a_daemon_that_keeps_notifying_after_ready_never_blocks() {
         std::thread::sleep(Duration::from_millis(10));
     }
 }
+
+#[test]
+fn ready_from_a_daemon_that_closed_its_sockets_is_a_loud_warning() {
+    let Some(notify) = sd_launch_tests::tool("systemd-notify", "systemd") else {
+        return;
+    };
+    let script = format!("exec 3<&-; {} --ready; exec sleep 30", notify.display());
+    let out = std::process::Command::new(bin("sd-launch"))
+        .args([
+            "--ready=20",
+            "--stderr",
+            "/dev/null",
+            "--",
+            "sh",
+            "-c",
+            &script,
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let pid: u32 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("LAUNCHED_PID="))
+        .unwrap()
+        .parse()
+        .unwrap();
+    let _guard = sd_launch_tests::PidGuard(pid);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("holds any of the passed sockets"), "{err}");
+}

@@ -218,7 +218,7 @@ pub(crate) fn wait_all_ready(
 
 /// A strategy with its state.
 enum Strategy<'a> {
-    Notify(&'a NotifySocket),
+    Notify(&'a NotifySocket, &'a [RawFd]),
     Log {
         capture: &'a Capture,
         re: &'a regex_lite::Regex,
@@ -254,9 +254,12 @@ impl<'a> Strategy<'a> {
             })
         };
         Ok(match wait {
-            Wait::Notify => Strategy::Notify(probes.notify.ok_or(Error::Conflict(
-                "waiting for READY=1 needs the notification socket",
-            ))?),
+            Wait::Notify => Strategy::Notify(
+                probes.notify.ok_or(Error::Conflict(
+                    "waiting for READY=1 needs the notification socket",
+                ))?,
+                probes.listeners,
+            ),
             Wait::Log(re) => {
                 let capture = probes.capture.ok_or(Error::Conflict(
                     "waiting for a log line needs the daemon's output captured \
@@ -392,13 +395,16 @@ impl Entry<'_, '_> {
         let os = |context| move |source| Error::Os { context, source };
         let root = self.child.pid();
         match &mut self.strategy {
-            Strategy::Notify(notify) => {
+            Strategy::Notify(notify, listeners) => {
                 if !readable {
                     return Ok(false);
                 }
                 let sender = ready_sender(notify, root).map_err(os("read notifications"))?;
                 if let Some(sender) = sender.filter(|&p| p != root as libc::pid_t) {
                     warn_if_not_the_receiver(sender);
+                }
+                if sender.is_some() {
+                    warn_if_no_socket_in_tree(root as libc::pid_t, listeners);
                 }
                 Ok(sender.is_some())
             }
@@ -511,7 +517,7 @@ fn status_is_2xx(reply: &[u8]) -> bool {
 impl Entry<'_, '_> {
     fn watch(&self, i: usize, watch: &mut Watch) {
         match &self.strategy {
-            Strategy::Notify(notify) => watch.add(Key::Ready(i), notify.raw_fd()),
+            Strategy::Notify(notify, _) => watch.add(Key::Ready(i), notify.raw_fd()),
             Strategy::Log { capture, .. } => watch.add(Key::Ready(i), capture.wake_fd()),
             Strategy::Http {
                 probe: Some((socket, _, sent)),
@@ -646,6 +652,59 @@ fn warn_if_not_the_receiver(sender: libc::pid_t) {
              receiver in pid {sender} ignored the passed sockets (and clients of them may \
              wait for ever). Start the daemon with exec (sh -c 'exec my-daemon'), or use \
              --no-pid (Launch::no_pid) with a daemon that accepts a missing LISTEN_PID"
+        );
+    }
+}
+
+/// A daemon that says `READY=1` while no process of its tree holds any of the passed
+/// sockets closed them (or never had them): its clients will wait for ever. Say so.
+fn warn_if_no_socket_in_tree(root: libc::pid_t, listeners: &[RawFd]) {
+    use std::os::unix::fs::MetadataExt;
+    let inodes: Vec<u64> = listeners
+        .iter()
+        .filter_map(|fd| std::fs::metadata(format!("/proc/self/fd/{fd}")).ok())
+        .map(|m| m.ino())
+        .collect();
+    if inodes.is_empty() {
+        return; // nothing to look for (inetd mode, or no copy of the sockets kept)
+    }
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return;
+    };
+    let holds = |pid: libc::pid_t| {
+        std::fs::read_dir(format!("/proc/{pid}/fd")).is_ok_and(|fds| {
+            fds.flatten().any(|fd| {
+                std::fs::read_link(fd.path()).is_ok_and(|target| {
+                    let t = target.to_string_lossy();
+                    t.strip_prefix("socket:[")
+                        .and_then(|r| r.strip_suffix(']'))
+                        .and_then(|n| n.parse::<u64>().ok())
+                        .is_some_and(|ino| inodes.contains(&ino))
+                })
+            })
+        })
+    };
+    if holds(root) {
+        return; // the common case, without a look at every process
+    }
+    let pids = procs
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<libc::pid_t>().ok());
+    let mut tree = 0;
+    for pid in pids {
+        if !is_in_tree(pid, root) {
+            continue;
+        }
+        tree += 1;
+        if holds(pid) {
+            return;
+        }
+    }
+    if tree > 0 {
+        tracing::warn!(
+            "READY=1, but no process of the daemon's tree (pid {root}) holds any of the passed \
+             sockets: it closed them or never received them, and their clients will wait for \
+             ever. A daemon that closes fds 3.. at start-up cannot be socket-activated."
         );
     }
 }
