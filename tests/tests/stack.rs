@@ -334,3 +334,50 @@ fn hostile_stack_files_get_one_line_errors_and_start_nothing() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read it"));
 }
+
+#[test]
+fn a_daemon_with_restart_on_exit_is_started_again_and_the_stack_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("stack.toml");
+    let log = dir.path().join("starts.log");
+    std::fs::write(
+        &file,
+        format!(
+            "[daemon.flaky]\ncommand = [\"sh\", \"-c\", \"echo start >> {}; sleep 0.1; exit 1\"]\nrestart = \"on-exit\"\n\n\
+             [daemon.steady]\ncommand = [\"sleep\", \"300\"]\n",
+            log.display()
+        ),
+    )
+    .unwrap();
+    let out = sd_launch_stack(&file, &[]);
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let supervisor: u32 = var(&text, "LAUNCHED_PID").parse().unwrap();
+    let _guard = Reap(supervisor);
+    let steady: u32 = var(&text, "STEADY_PID").parse().unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let starts = std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .lines()
+            .count();
+        if starts >= 3 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "restarted {starts} times"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        !wait_gone_within(steady, Duration::ZERO),
+        "the stack stopped"
+    );
+    assert!(
+        !wait_gone_within(supervisor, Duration::ZERO),
+        "the supervisor exited"
+    );
+    kill(supervisor);
+    assert!(wait_gone_within(steady, Duration::from_secs(20)));
+}
