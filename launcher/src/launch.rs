@@ -126,7 +126,9 @@ impl From<File> for Stdio {
 /// * Our copies of the sockets are closed once the daemon runs, so a daemon that dies makes
 ///   clients fail at once (connection refused) instead of hanging in a backlog nobody accepts
 ///   from. Addresses stay available through [`Launched::sockets`].
-/// * Standard streams are inherited, as with `Command`.
+/// * stdin is inherited, as with `Command`; stdout and stderr are captured
+///   ([`Stdio::capture`]): a test's output is not mixed with its daemons', and a failing
+///   test shows them.
 #[derive(Debug, Clone)]
 pub struct Launch {
     program: OsString,
@@ -274,7 +276,7 @@ impl Launch {
         self
     }
 
-    /// Where the daemon's stdout goes (default: inherited).
+    /// Where the daemon's stdout goes (default: [captured](Stdio::capture)).
     ///
     /// ```
     /// let launch = sd_launch::Launch::new("echo").stdout(sd_launch::Stdio::null());
@@ -285,7 +287,7 @@ impl Launch {
         self
     }
 
-    /// Where the daemon's stderr goes (default: inherited).
+    /// Where the daemon's stderr goes (default: [captured](Stdio::capture)).
     ///
     /// ```
     /// let launch = sd_launch::Launch::new("ls").stderr(sd_launch::Stdio::null());

@@ -47,7 +47,7 @@
 //!    [`stack`] (daemons started at once, each told the others' addresses) and [`proxy`]
 //!    (connections forwarded to a daemon that binds its own socket).
 //!
-//! Feature `tokio`: [`Launch::spawn_async`] and [`Launched::wait_async`] for async tests.
+//! Feature `tokio`: `Launch::spawn_async` and `Launched::wait_async` for async tests.
 //!
 //! Linux only: the launcher is built on pidfds (Linux 5.3 or later), `signalfd` and
 //! `clone(CLONE_VM | CLONE_VFORK)`.
