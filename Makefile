@@ -38,9 +38,11 @@ test-systemd: ## boot Debian's systemd 252 in systemd-nspawn, check the shipped 
 	$(CARGO) build --release -p demo-server
 	bash tests/systemd/run.sh
 
-lint: ## rustfmt check and clippy with warnings as errors
+lint: ## rustfmt check, clippy and rustdoc with warnings as errors
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets --all-features -- -D warnings
+	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --workspace --no-deps --all-features
+	RUSTDOCFLAGS="-D warnings" $(CARGO) doc -p sd-launch --no-deps --no-default-features
 
 doc: ## build the API docs of every crate (target/doc/<crate>/index.html)
 	$(CARGO) doc --workspace --no-deps --all-features
