@@ -381,3 +381,31 @@ fn a_daemon_with_restart_on_exit_is_started_again_and_the_stack_goes_on() {
     kill(supervisor);
     assert!(wait_gone_within(steady, Duration::from_secs(20)));
 }
+
+#[test]
+fn a_killed_supervisor_leaves_no_daemon_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("stack.toml");
+    std::fs::write(
+        &file,
+        "[daemon.a]\ncommand = [\"sh\", \"-c\", \"sleep 300 & exec sleep 300\"]\n\n[daemon.b]\ncommand = [\"sleep\", \"300\"]\n",
+    )
+    .unwrap();
+    let out = sd_launch_stack(&file, &[]);
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let supervisor: u32 = var(&text, "LAUNCHED_PID").parse().unwrap();
+    let pids: Vec<u32> = ["A_PID", "B_PID"]
+        .iter()
+        .map(|k| var(&text, k).parse().unwrap())
+        .collect();
+    let _guards: Vec<Reap> = pids.iter().map(|p| Reap(*p)).collect();
+    // SAFETY: SIGKILL to the supervisor we were told about.
+    unsafe { libc::kill(supervisor as i32, libc::SIGKILL) };
+    for pid in pids {
+        assert!(
+            wait_gone_within(pid, Duration::from_secs(20)),
+            "daemon {pid} outlived its supervisor"
+        );
+    }
+}

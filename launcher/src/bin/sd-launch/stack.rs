@@ -134,6 +134,8 @@ fn daemon(name: &str, d: Daemon, base: &Path, fg: bool) -> Result<Launch, (Strin
         .args(args)
         .current_dir(d.dir.map_or_else(|| base.to_owned(), |dir| base.join(dir)))
         .no_pid(d.no_pid)
+        // Both the parent-death signal and the guardian stop the daemons if the supervisor
+        // dies; the guardian also stops what they started.
         .parent_death_signal(libc::SIGKILL)
         .stdin(Stdio::null());
     for (k, v) in d.env {
