@@ -39,14 +39,7 @@ fn var<'a>(out: &'a str, key: &str) -> &'a str {
 fn wait_gone_within(pid: u32, within: Duration) -> bool {
     let deadline = std::time::Instant::now() + within;
     loop {
-        let gone = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .map(|s| {
-                matches!(
-                    s[s.rfind(')').unwrap() + 2..].chars().next(),
-                    Some('Z' | 'X')
-                )
-            })
-            .unwrap_or(true);
+        let gone = !sd_launch_tests::alive(pid);
         if gone || std::time::Instant::now() >= deadline {
             return gone;
         }

@@ -87,15 +87,20 @@ impl LaunchedSocket {
         if self.kind != SocketKind::Tcp {
             return None;
         }
-        let mut addr = self.inet()?;
-        if addr.ip().is_unspecified() {
-            addr.set_ip(match addr {
-                std::net::SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
-                std::net::SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
-            });
-        }
-        Some(format!("http://{addr}/"))
+        Some(format!("http://{}/", reachable(self.inet()?)))
     }
+}
+
+/// Where a client of ours reaches a socket bound to `addr`: a wildcard address (`0.0.0.0`,
+/// `[::]`) on loopback of the same family, any other address as it is.
+pub(crate) fn reachable(mut addr: std::net::SocketAddr) -> std::net::SocketAddr {
+    if addr.ip().is_unspecified() {
+        addr.set_ip(match addr {
+            std::net::SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+            std::net::SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+        });
+    }
+    addr
 }
 
 /// How a test names one of a daemon's sockets: by index (0 is fd 3) or by its

@@ -7,7 +7,6 @@
 //! hanging request.
 
 use std::io::{self, Read, Write};
-use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, RawFd};
 use std::process::ExitStatus;
 use std::time::{Duration, Instant};
@@ -19,7 +18,7 @@ use super::{Event, Key, Policy, STOPPING, Signals, Watch, run};
 use crate::capture::{Capture, Which};
 use crate::error::Error;
 use crate::process::Child;
-use crate::sockets::{Address, LaunchedSocket, SocketKind};
+use crate::sockets::{Address, LaunchedSocket, SocketKind, reachable};
 
 /// How to tell that a daemon is ready ([`Launch::wait_until`](crate::Launch::wait_until),
 /// `sd-launch --ready-when`).
@@ -275,7 +274,7 @@ impl<'a> Strategy<'a> {
                 let s = socket(*i)?;
                 let (target, host) = match (&s.address, s.kind) {
                     (Some(Address::Inet(a)), SocketKind::Tcp) => {
-                        (SockAddr::from(loopback(*a)), a.to_string())
+                        (SockAddr::from(reachable(*a)), a.to_string())
                     }
                     (Some(Address::Unix(p)), SocketKind::UnixStream) => (
                         SockAddr::unix(p).map_err(|source| Error::Os {
@@ -313,10 +312,11 @@ impl<'a> Strategy<'a> {
                 let listener = *probes.listeners.get(*i).ok_or(Error::Conflict(
                     "the accepted-connection probe needs the launcher's copy of the socket",
                 ))?;
-                let probe = connect(&SockAddr::from(loopback(*a))).map_err(|source| Error::Os {
-                    context: "queue the probe connection",
-                    source,
-                })?;
+                let probe =
+                    connect(&SockAddr::from(reachable(*a))).map_err(|source| Error::Os {
+                        context: "queue the probe connection",
+                        source,
+                    })?;
                 Strategy::Accepted {
                     listener,
                     _probe: probe,
@@ -326,17 +326,6 @@ impl<'a> Strategy<'a> {
             }
         })
     }
-}
-
-/// A wildcard address is reached on loopback.
-fn loopback(mut a: SocketAddr) -> SocketAddr {
-    if a.ip().is_unspecified() {
-        a.set_ip(match a {
-            SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
-            SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
-        });
-    }
-    a
 }
 
 /// A non-blocking connection to `target` (queued in the backlog of our own socket).
