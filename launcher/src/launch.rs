@@ -892,10 +892,15 @@ impl Prepared {
         Ok(spawned)
     }
 
-    /// Like [`child`](Prepared::child), with the plan's readiness wait attached (copies of
-    /// the notify socket and of our sockets), for [`Launched::wait_ready`] and the stack's
-    /// wait for all.
+    /// Like [`child`](Prepared::child), with the plan's readiness wait attached, for
+    /// [`Launched::wait_ready`] and the stack's wait for all.
     pub(crate) fn child_with_ready(&self, child: Child) -> Result<Launched, Error> {
+        self.with_readiness(self.child(child))
+    }
+
+    /// `daemon`, a child of this plan, with the plan's readiness wait attached: copies of
+    /// the notify socket and of our sockets, closed once it is ready.
+    fn with_readiness(&self, daemon: Launched) -> Result<Launched, Error> {
         let os = |source| Error::Os {
             context: "copy the sockets for a readiness wait",
             source,
@@ -918,7 +923,7 @@ impl Prepared {
             signals: self.signals.clone(),
             listeners,
         });
-        Ok(self.child(child).with_notify(notify).with_ready(ready))
+        Ok(daemon.with_notify(notify).with_ready(ready))
     }
 
     /// A handle for a child of this plan that shares its sockets with later children: no
@@ -959,20 +964,13 @@ impl Prepared {
         }))
     }
 
-    /// Wait until `daemon`, a child of this plan, is ready (when readiness is asked for).
-    pub(crate) fn wait_ready(&self, daemon: &mut Launched) -> Result<(), Error> {
-        let Some((wait, timeout)) = &self.ready else {
-            return Ok(());
-        };
-        let listeners: Vec<_> = self._fds.iter().map(AsRawFd::as_raw_fd).collect();
-        crate::launched::wait_ready(
-            daemon,
-            wait,
-            *timeout,
-            self.signals.as_deref(),
-            self.notify.as_ref(),
-            &listeners,
-        )
+    /// Wait until `daemon`, a child of this plan, is ready (when readiness is asked for);
+    /// on failure it is killed and reaped.
+    pub(crate) fn wait_ready(&self, daemon: Launched) -> Result<Launched, Error> {
+        if self.ready.is_none() {
+            return Ok(daemon);
+        }
+        self.with_readiness(daemon)?.wait_ready()
     }
 }
 

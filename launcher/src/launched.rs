@@ -17,7 +17,7 @@ use crate::sockets::{Address, CreatedPath, LaunchedSocket, SocketRef};
 use crate::supervisor::Signals;
 use crate::supervisor::Wait;
 use crate::supervisor::notify::NotifySocket;
-use crate::supervisor::ready::{NotReady, Probes, wait_ready as wait_for_ready};
+use crate::supervisor::ready::{NotReady, Probes};
 
 /// A running daemon started by [`Launch::spawn`](crate::Launch::spawn).
 ///
@@ -96,20 +96,10 @@ impl Launched {
     /// `WATCHDOG=1`) gets an error at once from `sd_notify` (which daemons ignore) and never
     /// blocks on a queue nobody reads.
     pub(crate) fn wait_ready(mut self) -> Result<Launched, Error> {
-        let Some(ready) = self.ready.take() else {
-            return Ok(self);
-        };
-        let notify = self.notify.take();
-        let listeners: Vec<_> = ready.listeners.iter().map(AsRawFd::as_raw_fd).collect();
-        wait_ready(
-            &mut self,
-            &ready.wait,
-            ready.timeout,
-            ready.signals.as_deref(),
-            notify.as_ref(),
-            &listeners,
-        )?;
-        Ok(self) // our socket copies and the notify socket are closed here
+        let signals = self.ready.as_ref().and_then(|r| r.signals.clone());
+        // Our socket copies and the notify socket are closed once it returns.
+        wait_all_ready(std::slice::from_mut(&mut self), signals.as_deref()).map_err(|(_, e)| e)?;
+        Ok(self)
     }
 
     /// The program as given to [`Launch::new`](crate::Launch::new).
@@ -511,35 +501,6 @@ pub(crate) struct Readiness {
 
 /// How much of the daemon's stderr an error shows.
 const TAIL: usize = 2048;
-
-/// Wait until `daemon` sends `READY=1` on `notify` within `timeout`; on failure the daemon is
-/// killed and reaped, and the error says why (its exit with status and stderr tail, the
-/// timeout, or a stop signal).
-pub(crate) fn wait_ready(
-    daemon: &mut Launched,
-    wait: &Wait,
-    timeout: Duration,
-    signals: Option<&Signals>,
-    notify: Option<&NotifySocket>,
-    listeners: &[RawFd],
-) -> Result<(), Error> {
-    let deadline = Instant::now() + timeout;
-    let Launched {
-        child,
-        capture,
-        sockets,
-        ..
-    } = daemon;
-    let probes = Probes {
-        notify,
-        capture: capture.as_ref(),
-        sockets,
-        listeners,
-    };
-    let outcome = wait_for_ready(signals, wait, probes, child, deadline);
-    let Err(why) = outcome else { return Ok(()) };
-    Err(not_ready(daemon, wait, timeout, why))
-}
 
 /// Wait, in one loop, until every daemon of `daemons` that was launched with a readiness
 /// wait is ready; on failure the index of the daemon that failed (`None` for a stop signal)

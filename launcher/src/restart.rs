@@ -227,9 +227,8 @@ impl Service {
     /// Start one daemon on the sockets, and wait until it is ready; held before exec (a
     /// `fork`) only when `before_exec` must run first, else spawned directly (a vfork).
     fn spawn(&mut self, before_exec: Option<BeforeExec<'_>>) -> Result<Launched, Error> {
-        let mut daemon = self.spawn_unready(before_exec)?;
-        self.prepared.wait_ready(&mut daemon)?;
-        Ok(daemon)
+        let daemon = self.spawn_unready(before_exec)?;
+        self.prepared.wait_ready(daemon)
     }
 
     fn spawn_unready(&mut self, before_exec: Option<BeforeExec<'_>>) -> Result<Launched, Error> {
@@ -337,9 +336,8 @@ impl Supervise<'_> {
                 }
                 Some(_) => {
                     // The other strategies wait in a loop of their own, with the signals.
-                    let mut new = new;
-                    match self.service.prepared.wait_ready(&mut new) {
-                        Ok(()) => self.promote(new),
+                    match self.service.prepared.wait_ready(new) {
+                        Ok(new) => self.promote(new),
                         Err(e) => {
                             tracing::error!("restart failed, keeping the old daemon: {e}");
                             if self.service.current.is_none() {

@@ -162,24 +162,6 @@ pub(crate) struct Probes<'a> {
     pub(crate) listeners: &'a [RawFd],
 }
 
-/// Wait until `child` is ready by `wait`, it exits, `deadline` passes or (with `signals`) a
-/// stop signal arrives; other forwarded signals go to the child meanwhile.
-pub(crate) fn wait_ready(
-    signals: Option<&Signals>,
-    wait: &Wait,
-    probes: Probes<'_>,
-    child: &mut Child,
-    deadline: Instant,
-) -> Result<(), NotReady> {
-    let mut one = [Pending {
-        wait,
-        probes,
-        child,
-        deadline,
-    }];
-    wait_all_ready(signals, &mut one).map_err(|(_, why)| why)
-}
-
 /// One daemon to wait for.
 pub(crate) struct Pending<'a, 'b> {
     pub(crate) wait: &'a Wait,
