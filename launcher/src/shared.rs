@@ -1,6 +1,6 @@
 //! [`Shared`]: one daemon for all the tests of a test binary.
 
-use std::sync::{Mutex, OnceLock};
+use std::sync::OnceLock;
 
 use crate::{Launch, Launched};
 
@@ -8,10 +8,10 @@ use crate::{Launch, Launched};
 /// for it, used by all of them (each in its own thread), and stopped when the process ends,
 /// however it ends.
 ///
-/// A `static` is never dropped, so a [`Launched`] kept in one would outlive the test
-/// binary and hold its stdout open (`cargo test | tail` would hang). `Shared` stops its
-/// daemon, with everything in the daemon's process group, when the test process exits, and
-/// the launcher's guardian does the same if the process is killed.
+/// A `static` is never dropped, so nothing would stop a daemon kept in one: the launcher's
+/// guardian does, with everything in the daemon's process group, when the test process
+/// ends, however it ends ([`Launch::kill_on_exit`], on by default), so it never outlives the
+/// test binary or holds its stdout open (`cargo test | tail` would hang).
 ///
 /// ```
 /// use sd_launch::{Launch, Shared};
@@ -29,9 +29,6 @@ pub struct Shared {
     make: fn() -> Launch,
     cell: OnceLock<Result<Launched, String>>,
 }
-
-/// The process groups of the shared daemons, killed at exit.
-static AT_EXIT: Mutex<Vec<libc::pid_t>> = Mutex::new(Vec::new());
 
 impl Shared {
     /// A shared daemon started with `make()` on first use.
@@ -55,39 +52,12 @@ impl Shared {
     /// BAD.get(); // panics: "no-such-daemon: command not found ..."
     /// ```
     pub fn get(&self) -> &Launched {
-        let started = self.cell.get_or_init(|| {
-            let daemon = (self.make)().spawn().map_err(|e| e.to_string())?;
-            register_at_exit(daemon.pid() as libc::pid_t);
-            Ok(daemon)
-        });
+        let started = self
+            .cell
+            .get_or_init(|| (self.make)().spawn().map_err(|e| e.to_string()));
         match started {
             Ok(daemon) => daemon,
             Err(e) => panic!("the shared daemon did not start: {e}"),
         }
-    }
-}
-
-fn register_at_exit(pid: libc::pid_t) {
-    static ONCE: std::sync::Once = std::sync::Once::new();
-    let mut pids = AT_EXIT.lock().unwrap_or_else(|e| e.into_inner());
-    pids.push(pid);
-    drop(pids);
-    ONCE.call_once(|| {
-        // SAFETY: atexit registers a function with no arguments that lives for the whole
-        // program; it only takes a lock and calls kill.
-        unsafe { libc::atexit(kill_shared) };
-    });
-}
-
-/// At exit: SIGKILL to every shared daemon's process group (the daemons lead their own).
-extern "C" fn kill_shared() {
-    let pids = AT_EXIT.lock().unwrap_or_else(|e| e.into_inner());
-    for &pid in pids.iter() {
-        // SAFETY: kill with the negative pid of a process group we created; at worst
-        // it is gone (ESRCH). The daemon is never reaped before exit, so its pid cannot
-        // have been reused.
-        unsafe { libc::kill(-pid, libc::SIGKILL) };
-        // SAFETY: as above, for the daemon itself (started without a group of its own).
-        unsafe { libc::kill(pid, libc::SIGKILL) };
     }
 }
