@@ -716,11 +716,6 @@ impl Launch {
         texts
     }
 
-    /// How the daemon says it is ready, if asked ([`Launch::wait_until`]).
-    pub(crate) fn readiness(&self) -> Option<&Wait> {
-        self.ready.as_ref().map(|(wait, _)| wait)
-    }
-
     /// Take the sockets this launch would listen on (it is left with none added).
     pub(crate) fn take_sockets(&mut self) -> SocketSet {
         std::mem::take(&mut self.sockets)
@@ -878,6 +873,13 @@ pub(crate) struct Prepared {
 }
 
 impl Prepared {
+    /// No more children of this plan: our ends of the capture pipes close, so that the
+    /// capture sees the end of the output when its child's ends close (an exited child's
+    /// output tail is then whole at once, without waiting out the drain's timeout).
+    pub(crate) fn last_child(&mut self) {
+        self._writers = None;
+    }
+
     /// Start one child with the sockets (held before exec if `gate`).
     pub(crate) fn spawn_child(&mut self, gate: bool) -> Result<(Child, Option<Gate>), Error> {
         self.plan.gate = gate;

@@ -86,6 +86,11 @@ impl Launched {
         self
     }
 
+    /// Its captured output, for a readiness check of another policy (the proxy's).
+    pub(crate) fn capture(&self) -> Option<&Capture> {
+        self.capture.as_ref()
+    }
+
     pub(crate) fn with_ready(mut self, ready: Option<Readiness>) -> Launched {
         self.ready = ready;
         self

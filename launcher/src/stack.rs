@@ -28,10 +28,18 @@
 //! * A daemon that exits while the stack starts, or misses its readiness deadline, fails
 //!   the whole stack: every daemon is stopped, and the error ([`Error::Stack`], exit 5)
 //!   names the daemon, with its exit status and output tail.
+//! * A daemon that cannot take a socket (Redis, PostgreSQL) joins with [`Stack::proxy`]
+//!   (`proxy = true` in a stack file): its sockets, bound with all the others, are the
+//!   public sockets of a [proxy](crate::proxy) of its own, and its templates also name its
+//!   private backend (`${backend.path}`, `${backend.port}`), so `backend` is not a daemon
+//!   name there. The proxy serves in a thread of the stack's process; its readiness wait
+//!   means what it means in proxy mode (`accepted`: it listens on its backend).
 
 use crate::error::Error;
-use crate::launch::Launch;
+use crate::launch::{Launch, Prepared};
 use crate::launched::{Launched, wait_all_ready};
+use crate::proxy;
+use crate::sockets::LaunchedSocket;
 use std::time::{Duration, Instant};
 
 use crate::supervisor::{
@@ -57,6 +65,8 @@ pub struct Stack {
     daemons: Vec<(String, Launch)>,
     /// The daemons [`supervise`] starts again when they exit.
     restart: Vec<String>,
+    /// The daemons behind a proxy of their own ([`Stack::proxy`]).
+    proxied: Vec<String>,
 }
 
 impl Stack {
@@ -83,6 +93,27 @@ impl Stack {
     /// ```
     pub fn daemon(mut self, name: impl Into<String>, launch: Launch) -> Stack {
         self.daemons.push((name.into(), launch));
+        self
+    }
+
+    /// Add daemon `name`, which cannot take a socket, behind a [proxy](crate::proxy) of its
+    /// own: its sockets ([`Launch::listen`], default `127.0.0.1:0`) are the proxy's public
+    /// sockets, which the other daemons' templates name as usual, and its own templates tell
+    /// it where to listen privately: `${backend.path}` (a Unix socket in a private
+    /// directory) or `${backend.port}` / `${backend.addr}` (a loopback TCP port).
+    ///
+    /// ```
+    /// use sd_launch::{Launch, Stack};
+    /// let stack = Stack::new()
+    ///     .proxy("cache", Launch::new("redis-server")
+    ///         .args(["--port", "0", "--unixsocket", "${backend.path}", "--save", ""]))
+    ///     .daemon("app", Launch::new("my-app").env("REDIS_URL", "redis://${cache.addr}"));
+    /// # let _ = stack;
+    /// ```
+    pub fn proxy(mut self, name: impl Into<String>, launch: Launch) -> Stack {
+        let name = name.into();
+        self.proxied.push(name.clone());
+        self.daemons.push((name, launch));
         self
     }
 
@@ -135,12 +166,31 @@ impl Stack {
 
     fn spawn_with(&self, signals: Option<&Signals>) -> Result<RunningStack, Error> {
         let prepared = self.prepare()?;
-        let spawned = spawn_all(prepared);
-        let mut daemons = Vec::with_capacity(spawned.len());
-        let mut names = Vec::with_capacity(spawned.len());
-        let mut plans = Vec::with_capacity(spawned.len());
+        let mut direct = Vec::new();
+        let mut starting = Vec::new();
+        let mut names = Vec::with_capacity(prepared.len());
+        let mut slots = Vec::with_capacity(prepared.len());
         let mut first_error = None;
-        for (name, p, child) in spawned {
+        // The proxies first: each starts its daemon in its own thread, which then runs on
+        // while the others start.
+        let mut plans = Vec::new();
+        for (name, member) in prepared {
+            match member {
+                Member::Proxied(p) => match p.start_serving() {
+                    Ok(s) => {
+                        slots.push(Slot::Proxied(starting.len()));
+                        names.push(name);
+                        starting.push(s);
+                    }
+                    Err(e) => {
+                        first_error.get_or_insert(stack_error(&name, e));
+                    }
+                },
+                Member::Direct(p) => plans.push((name, p)),
+            }
+        }
+        let mut kept = Vec::new();
+        for (name, p, child) in spawn_all(plans) {
             let child = match child {
                 Ok(child) => child,
                 Err(e) => {
@@ -152,38 +202,58 @@ impl Stack {
             if self.restart.contains(&name) {
                 // It keeps its plan, and the plan our copies of its sockets.
                 match p.child_with_ready(child) {
-                    Ok(d) => daemons.push(d),
+                    Ok(d) => direct.push(d),
                     Err(e) => {
                         first_error.get_or_insert(stack_error(&name, e));
                         continue;
                     }
                 }
-                plans.push(Some(p));
+                kept.push(Some(p));
             } else {
-                daemons.push(p.into_launched(child));
-                plans.push(None);
+                direct.push(p.into_launched(child));
+                kept.push(None);
             }
+            slots.push(Slot::Direct(direct.len() - 1));
             names.push(name);
         }
         if let Some(e) = first_error {
-            return Err(e); // `daemons` drops: every daemon started is stopped
+            return Err(e); // everything drops: every daemon started is stopped
         }
-        match wait_all_ready(&mut daemons, signals) {
-            Ok(()) => Ok(RunningStack {
-                names,
-                daemons,
-                plans,
-            }),
-            Err((which, e)) => Err(match which {
-                Some(i) => stack_error(&names[i], e),
+        let direct_names: Vec<&String> = names
+            .iter()
+            .zip(&slots)
+            .filter(|(_, s)| matches!(s, Slot::Direct(_)))
+            .map(|(n, _)| n)
+            .collect();
+        if let Err((which, e)) = wait_all_ready(&mut direct, signals) {
+            return Err(match which {
+                Some(i) => stack_error(direct_names[i], e),
                 None => e,
-            }),
+            });
         }
-        // On error `daemons` drops here: every daemon is killed, its files removed.
+        // Meanwhile the proxied daemons became ready too, or are about to.
+        let mut proxies = Vec::with_capacity(starting.len());
+        let proxied_names: Vec<String> = names
+            .iter()
+            .zip(&slots)
+            .filter(|(_, s)| matches!(s, Slot::Proxied(_)))
+            .map(|(n, _)| n.clone())
+            .collect();
+        for (s, name) in starting.into_iter().zip(&proxied_names) {
+            proxies.push(s.ready().map_err(|e| stack_error(name, e))?);
+        }
+        Ok(RunningStack {
+            names,
+            slots,
+            daemons: direct,
+            plans: kept,
+            proxies,
+        })
+        // On error everything drops here: every daemon is killed, its files removed.
     }
 
     /// Check the names, bind every socket, expand every template: ready to spawn.
-    pub(crate) fn prepare(&self) -> Result<Vec<(String, crate::launch::Prepared)>, Error> {
+    fn prepare(&self) -> Result<Vec<(String, Member)>, Error> {
         if self.daemons.len() > MAX_DAEMONS {
             return Err(Error::TooManyDaemons {
                 count: self.daemons.len(),
@@ -205,6 +275,14 @@ impl Stack {
             if self.daemons[..i].iter().any(|(n, _)| n == name) {
                 return Err(template_error(name, "name", "two daemons have this name"));
             }
+            if name == proxy::BACKEND && !self.proxied.is_empty() {
+                return Err(template_error(
+                    name,
+                    "name",
+                    "in a stack with a proxied daemon, ${backend...} names its private \
+                     backend: give this daemon another name",
+                ));
+            }
         }
         // Every mistake of the description is found before anything is bound or started.
         for (name, launch) in &self.daemons {
@@ -220,8 +298,23 @@ impl Stack {
         for ((name, _), b) in self.daemons.iter().zip(&bound) {
             addresses.add(name, b.as_ref().map_or(&[][..], |b| b.sockets()));
         }
+        let peers: Vec<(String, Vec<LaunchedSocket>)> = self
+            .daemons
+            .iter()
+            .zip(&bound)
+            .map(|((name, _), b)| {
+                (
+                    name.clone(),
+                    b.as_ref().map_or(Vec::new(), |b| b.sockets().to_vec()),
+                )
+            })
+            .collect();
         let mut launches = Vec::with_capacity(self.daemons.len());
         for (name, launch) in &self.daemons {
+            if self.proxied.contains(name) {
+                launches.push((name.clone(), launch.clone())); // the proxy expands its own
+                continue;
+            }
             let mut launch = launch.clone();
             launch
                 .expand_templates(&addresses)
@@ -236,11 +329,60 @@ impl Stack {
             .into_iter()
             .zip(bound)
             .map(|((name, launch), b)| {
+                if self.proxied.contains(&name) {
+                    let options =
+                        proxy::Options::new().restart_on_exit(self.restart.contains(&name));
+                    let bound = b.expect("a proxied daemon is not in inetd mode");
+                    let proxy = options
+                        .with_bound(launch, bound, peers.clone())
+                        .map_err(|e| match e {
+                            // "never told where to listen", datagrams, templates: its file
+                            Error::Conflict(reason) => template_error(&name, "proxy", reason),
+                            Error::Template { key, reason, .. } => {
+                                template_error(&name, &key, &reason)
+                            }
+                            e => stack_error(&name, e),
+                        })?;
+                    return Ok((name, Member::Proxied(proxy)));
+                }
                 let p = launch.prepare_bound(b).map_err(|e| stack_error(&name, e))?;
-                Ok((name, p))
+                Ok((name, Member::Direct(p)))
             })
             .collect()
     }
+}
+
+/// The error of a proxied daemon whose proxy ended by itself: its daemon's exit.
+fn proxy_ended(proxy: &proxy::Running, ended: Result<proxy::Proxied, Error>) -> Error {
+    match ended {
+        Ok(proxy::Proxied {
+            status: Some(status),
+            stderr,
+            ..
+        }) => Error::Exited {
+            program: proxy.program().to_owned(),
+            status,
+            when: "while the stack ran",
+            stderr,
+        },
+        Ok(_) => Error::Conflict("its proxy stopped"),
+        Err(e) => e,
+    }
+}
+
+/// A daemon of a stack, ready to start.
+enum Member {
+    Direct(Prepared),
+    Proxied(proxy::Proxy),
+}
+
+/// Where a running daemon's handle is, by the stack's order.
+#[derive(Debug, Clone, Copy)]
+enum Slot {
+    /// In `daemons`.
+    Direct(usize),
+    /// In `proxies`.
+    Proxied(usize),
 }
 
 fn stack_error(daemon: &str, e: Error) -> Error {
@@ -262,12 +404,8 @@ fn template_error(daemon: &str, key: &str, reason: &str) -> Error {
 /// several threads, the exec's overlapped no better on 2 cores: bench row 10 showed no
 /// gain, so the simpler order it is.)
 fn spawn_all(
-    prepared: Vec<(String, crate::launch::Prepared)>,
-) -> Vec<(
-    String,
-    crate::launch::Prepared,
-    Result<crate::process::Child, Error>,
-)> {
+    prepared: Vec<(String, Prepared)>,
+) -> Vec<(String, Prepared, Result<crate::process::Child, Error>)> {
     prepared
         .into_iter()
         .map(|(name, mut p)| {
@@ -290,9 +428,13 @@ fn spawn_all(
 #[derive(Debug)]
 pub struct RunningStack {
     names: Vec<String>,
+    /// Where each name's handle is.
+    slots: Vec<Slot>,
     daemons: Vec<Launched>,
     /// The plans of the daemons that restart on exit.
-    plans: Vec<Option<crate::launch::Prepared>>,
+    plans: Vec<Option<Prepared>>,
+    /// The proxied daemons' proxies ([`Stack::proxy`]).
+    proxies: Vec<proxy::Running>,
 }
 
 impl RunningStack {
@@ -304,8 +446,81 @@ impl RunningStack {
     /// # Ok::<(), sd_launch::Error>(())
     /// ```
     pub fn get(&self, name: &str) -> Option<&Launched> {
+        match self.slot(name)? {
+            Slot::Direct(i) => self.daemons.get(i),
+            Slot::Proxied(_) => None,
+        }
+    }
+
+    /// The proxy of daemon `name`, when it was added with [`Stack::proxy`].
+    ///
+    /// ```no_run
+    /// let stack = sd_launch::Stack::new()
+    ///     .proxy("cache", sd_launch::Launch::new("redis-server")
+    ///         .args(["--port", "0", "--unixsocket", "${backend.path}"]))
+    ///     .spawn()?;
+    /// let redis = stack.proxy("cache").unwrap().local_addr(0);
+    /// # let _ = redis;
+    /// # Ok::<(), sd_launch::Error>(())
+    /// ```
+    pub fn proxy(&self, name: &str) -> Option<&proxy::Running> {
+        match self.slot(name)? {
+            Slot::Proxied(i) => self.proxies.get(i),
+            Slot::Direct(_) => None,
+        }
+    }
+
+    /// The sockets of daemon `name`, whichever way it runs (a proxied daemon's are its
+    /// proxy's public sockets): what the other daemons' templates named.
+    ///
+    /// ```
+    /// let stack = sd_launch::Stack::new().daemon("a", sd_launch::Launch::new("sleep").arg("30")).spawn()?;
+    /// assert_eq!(stack.sockets("a").unwrap().len(), 1);
+    /// assert!(stack.sockets("b").is_none());
+    /// # Ok::<(), sd_launch::Error>(())
+    /// ```
+    pub fn sockets(&self, name: &str) -> Option<&[LaunchedSocket]> {
+        Some(match self.slot(name)? {
+            Slot::Direct(i) => self.daemons[i].sockets(),
+            Slot::Proxied(i) => self.proxies[i].sockets(),
+        })
+    }
+
+    /// The pid of daemon `name` (of a proxied daemon: the first one started).
+    ///
+    /// ```
+    /// let stack = sd_launch::Stack::new().daemon("a", sd_launch::Launch::new("sleep").arg("30")).spawn()?;
+    /// assert!(stack.pid("a").unwrap() > 1);
+    /// # Ok::<(), sd_launch::Error>(())
+    /// ```
+    pub fn pid(&self, name: &str) -> Option<u32> {
+        Some(match self.slot(name)? {
+            Slot::Direct(i) => self.daemons[i].pid(),
+            Slot::Proxied(i) => self.proxies[i].daemon_pid(),
+        })
+    }
+
+    /// The name of direct daemon `i` (its index in `daemons`).
+    fn direct_name(&self, i: usize) -> &str {
+        self.names
+            .iter()
+            .zip(&self.slots)
+            .find(|(_, s)| matches!(s, Slot::Direct(j) if *j == i))
+            .map_or("?", |(n, _)| n.as_str())
+    }
+
+    /// The name of proxied daemon `i` (its index in `proxies`).
+    fn proxied_name(&self, i: usize) -> &str {
+        self.names
+            .iter()
+            .zip(&self.slots)
+            .find(|(_, s)| matches!(s, Slot::Proxied(j) if *j == i))
+            .map_or("?", |(n, _)| n.as_str())
+    }
+
+    fn slot(&self, name: &str) -> Option<Slot> {
         let i = self.names.iter().position(|n| n == name)?;
-        self.daemons.get(i)
+        self.slots.get(i).copied()
     }
 
     /// Daemon `name`'s handle, mutably (to signal, wait or stop it).
@@ -316,8 +531,10 @@ impl RunningStack {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn get_mut(&mut self, name: &str) -> Option<&mut Launched> {
-        let i = self.names.iter().position(|n| n == name)?;
-        self.daemons.get_mut(i)
+        match self.slot(name)? {
+            Slot::Direct(i) => self.daemons.get_mut(i),
+            Slot::Proxied(_) => None,
+        }
     }
 
     /// The daemons' names, in the order they were added.
@@ -340,8 +557,17 @@ impl RunningStack {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn ensure_running(&mut self) -> Result<(), Error> {
-        for (name, d) in self.names.iter().zip(&mut self.daemons) {
-            d.ensure_running().map_err(|e| stack_error(name, e))?;
+        for (name, slot) in self.names.iter().zip(&self.slots) {
+            match *slot {
+                Slot::Direct(i) => self.daemons[i]
+                    .ensure_running()
+                    .map_err(|e| stack_error(name, e))?,
+                Slot::Proxied(i) if self.proxies[i].has_ended() => {
+                    let ended = self.proxies[i].ended();
+                    return Err(stack_error(name, proxy_ended(&self.proxies[i], ended)));
+                }
+                Slot::Proxied(_) => {}
+            }
         }
         Ok(())
     }
@@ -386,11 +612,18 @@ pub fn supervise(
     };
     let result = run(Some(signals), &mut policy);
     let mut running = policy.running;
+    // Every proxy is asked first, so that they all stop their daemons at the same time.
+    for p in &running.proxies {
+        p.stopper().stop();
+    }
     crate::process::stop_all(
         running.daemons.iter_mut().map(Launched::child_mut),
         libc::SIGTERM,
         stop_timeout,
     );
+    for p in &mut running.proxies {
+        let _ = p.ended();
+    }
     result
 }
 
@@ -403,7 +636,7 @@ struct Supervise {
 
 impl Supervise {
     fn restart(&mut self, i: usize) -> Result<(), Error> {
-        let name = &self.running.names[i];
+        let name = self.running.direct_name(i).to_owned();
         let Some(plan) = self.running.plans[i].as_mut() else {
             return Ok(());
         };
@@ -436,6 +669,9 @@ impl Policy for Supervise {
                 watch.add(Key::Child(d.pid()), fd);
             }
         }
+        for (i, p) in self.running.proxies.iter().enumerate() {
+            watch.add(Key::Proxy(i), p.ended_fd());
+        }
     }
 
     fn deadline(&self) -> Option<Instant> {
@@ -449,11 +685,11 @@ impl Policy for Supervise {
                 let Some(i) = self.running.daemons.iter().position(|d| d.pid() == pid) else {
                     return Ok(None);
                 };
+                let name = self.running.direct_name(i).to_owned();
                 let daemon = &mut self.running.daemons[i];
                 let Some(status) = daemon.try_wait().map_err(os("wait for a daemon"))? else {
                     return Ok(None);
                 };
-                let name = self.running.names[i].clone();
                 if self.running.plans[i].is_some() {
                     tracing::warn!("{name} (pid {pid}) exited ({status}); restarting");
                     self.schedule(i);
@@ -462,12 +698,23 @@ impl Policy for Supervise {
                 let error = daemon.exited(status, "while the stack ran");
                 Ok(Some(Ended::Exited(stack_error(&name, error))))
             }
+            Event::Readable(Key::Proxy(i)) => {
+                // Its daemon exited (a proxied daemon restarts inside its proxy, if asked).
+                let name = self.running.proxied_name(i).to_owned();
+                let proxy = &mut self.running.proxies[i];
+                let ended = proxy.ended();
+                let error = proxy_ended(proxy, ended);
+                Ok(Some(Ended::Exited(stack_error(&name, error))))
+            }
             Event::Readable(_) => Ok(None),
             Event::Signal(sig) if STOPPING.contains(&sig) => Ok(Some(Ended::Signal(sig))),
             Event::Signal(sig) => {
                 if FORWARDED.contains(&sig) {
                     for d in &self.running.daemons {
                         d.child().forward(sig).map_err(os("forward a signal"))?;
+                    }
+                    for p in &self.running.proxies {
+                        p.signal(sig);
                     }
                 }
                 Ok(None)

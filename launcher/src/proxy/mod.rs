@@ -36,10 +36,15 @@
 //!   retried on a deadline of the loop, from 1 ms doubling to 50 ms (a retry, not a poll of
 //!   ours: the kernel has no "someone listens now" event to wait for). No client sees a
 //!   refusal while the daemon starts.
-//! * A daemon that listens before it can serve (PostgreSQL answers "the database system is
-//!   starting up") can say when it is ready instead: with [`Launch::ready`] (`--ready`) it
-//!   gets a `NOTIFY_SOCKET`, and connections wait for its `READY=1` before they are
-//!   connected to the backend. Other readiness checks are an [`Error::Conflict`] here.
+//! * A daemon launched with a readiness wait ([`Launch::wait_until`], `--ready`,
+//!   `--ready-when`) takes no connection before it is ready (they wait), and
+//!   [`Proxy::spawn`] (and `sd-launch --proxy`) return only then. For a daemon that
+//!   listens before it can serve (PostgreSQL answers "the database system is starting
+//!   up"): [`Wait::Notify`] (`--ready`), its `READY=1` on a `NOTIFY_SOCKET` of its own;
+//!   [`Wait::Http`] asks `GET PATH` of the backend; [`Wait::Log`] reads its output; and
+//!   [`Wait::Accepted`] (`--ready-when=accepted`) means "it listens on its backend", seen
+//!   in the kernel's socket tables. A daemon that exits first or is not ready in time
+//!   ends serving with the error ([`Error::Exited`], [`Error::ReadyTimeout`]).
 //! * A connection the backend has not accepted within the
 //!   [connect timeout](Options::connect_timeout) (default [`DEFAULT_CONNECT_TIMEOUT`], 30 s)
 //!   is closed, and the log says why, with the end of the daemon's stderr.
@@ -54,12 +59,16 @@
 //!   the public sockets with them, so clients are refused at once instead of hanging.
 //! * Restarts ([`Options::restart_on_hup`], `sd-launch --proxy --restart`; [`Running::restart`])
 //!   are invisible to clients: the new daemon is told a new backend (the next path in the
-//!   private directory, or a new port) and takes the new connections once the kernel's
-//!   tables show it listening there (no probe connection: a daemon never sees a client
-//!   that closes at once). The old one gets `SIGTERM` only when its last connection is
+//!   private directory, or a new port) and takes the new connections once it is ready by
+//!   its wait, or without one once the kernel's tables show it listening there (no probe
+//!   connection: a daemon never sees a client that closes at once). The old one gets `SIGTERM` only when its last connection is
 //!   done (so none it has not accepted yet is reset), or after the stop timeout at the
-//!   latest, and `SIGKILL` a stop timeout later. A new daemon that exits first, or does not
-//!   listen within the connect timeout, is stopped, and the old one serves on.
+//!   latest, and `SIGKILL` a stop timeout later. A new daemon that exits first, or is not
+//!   ready within its wait's timeout (without one: does not listen within the connect
+//!   timeout), is stopped, and the old one serves on.
+//! * With [`Options::restart_on_exit`] (`--restart=on-exit`) a daemon that exits, or is
+//!   not ready in time, is started again on a new backend after a backoff, while the
+//!   public sockets stay open and new connections wait.
 //! * Streams only: a datagram public socket is an [`Error::Conflict`] (datagrams have no
 //!   connection to forward).
 
@@ -82,10 +91,14 @@ use crate::error::Error;
 use crate::launch::{Launch, Prepared};
 use crate::launched::Launched;
 use crate::sockets::{
-    Address, CreatedPath, LaunchedSocket, SocketKind, SocketSet, SocketSpec, Transport,
+    Address, BoundSockets, CreatedPath, LaunchedSocket, SocketKind, SocketSet, SocketSpec,
+    Transport,
 };
-use crate::supervisor::ready::ready_message;
-use crate::supervisor::{DEFAULT_STOP_TIMEOUT, Event, FORWARDED, Key, Policy, Signals, Watch, run};
+use crate::supervisor::ready::{Probes, Strategy};
+use crate::supervisor::{
+    DEFAULT_STOP_TIMEOUT, Event, FIRST_BACKOFF, FORWARDED, Key, MAX_BACKOFF, Policy, Signals, Wait,
+    Watch, run,
+};
 use crate::template::Addresses;
 
 use flow::Flow;
@@ -106,6 +119,8 @@ pub const BACKEND: &str = "backend";
 
 /// The byte on the stop channel that asks for a restart ([`Running::restart`]).
 const RESTART: u8 = b'R';
+/// With a signal number in the low bits: forward it to the daemon ([`Running::signal`]).
+const SIGNAL: u8 = 0x80;
 
 /// The first retry of a connection the backend refused (it is not listening yet).
 const RETRY_FIRST: Duration = Duration::from_millis(1);
@@ -148,6 +163,7 @@ pub struct Options {
     connect_timeout: Duration,
     stop_timeout: Duration,
     restart_on_hup: bool,
+    restart_on_exit: bool,
 }
 
 impl Default for Options {
@@ -172,6 +188,7 @@ impl Options {
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             stop_timeout: DEFAULT_STOP_TIMEOUT,
             restart_on_hup: false,
+            restart_on_exit: false,
         }
     }
 
@@ -259,6 +276,22 @@ impl Options {
         self
     }
 
+    /// Whether a daemon that exits by itself is started again (`sd-launch --proxy
+    /// --restart=on-exit`) instead of ending the serving (default: it ends it). The new one
+    /// is told a new backend, after a pause of 100 ms doubling up to 10 s (back to 100 ms
+    /// after a daemon that ran 10 s); meanwhile the public sockets stay open and new
+    /// connections wait for it, as at the start. Connections the old one had are closed
+    /// (it took their state with it).
+    ///
+    /// ```
+    /// let options = sd_launch::proxy::Options::new().restart_on_exit(true);
+    /// # let _ = options;
+    /// ```
+    pub fn restart_on_exit(mut self, restart: bool) -> Options {
+        self.restart_on_exit = restart;
+        self
+    }
+
     /// Bind the public sockets, choose the backend and expand `daemon`'s templates with it;
     /// nothing runs yet (clients that connect now wait in the backlog). The daemon gets no
     /// sockets of ours (no `LISTEN_FDS`): its own sockets, if it was given any, are ignored.
@@ -274,36 +307,38 @@ impl Options {
     ///     .unwrap_err();
     /// assert!(matches!(err, Error::Conflict(_)));
     /// ```
-    pub fn bind(self, mut daemon: Launch) -> Result<Proxy, Error> {
-        let kind = backend_kind(&daemon)?;
-        if self
-            .sockets
-            .specs()?
-            .iter()
-            .any(|spec| spec.transport != Transport::Stream)
-        {
-            return Err(Error::Conflict(
-                "proxy mode forwards stream connections (TCP and Unix): datagram and \
-                 seqpacket sockets have none it can forward",
-            ));
+    pub fn bind(self, daemon: Launch) -> Result<Proxy, Error> {
+        backend_kind(&daemon)?; // before anything is bound
+        let specs = self.sockets.specs()?;
+        if specs.iter().any(|spec| spec.transport != Transport::Stream) {
+            return Err(datagrams());
         }
-        if daemon
-            .readiness()
-            .is_some_and(|wait| !matches!(wait, crate::supervisor::Wait::Notify))
+        let bound = self.sockets.clone().bind()?;
+        self.with_bound(daemon, bound, Vec::new())
+    }
+
+    /// [`bind`](Options::bind) with the public sockets bound already, and the addresses of
+    /// `peers` (other daemons, by name) for the daemon's templates: a stack's proxied daemon.
+    pub(crate) fn with_bound(
+        self,
+        mut daemon: Launch,
+        bound: BoundSockets,
+        peers: Vec<(String, Vec<LaunchedSocket>)>,
+    ) -> Result<Proxy, Error> {
+        let kind = backend_kind(&daemon)?;
+        let (fds, sockets, created) = bound.into_parts();
+        if sockets
+            .iter()
+            .any(|s| !matches!(s.kind, SocketKind::Tcp | SocketKind::UnixStream))
         {
-            return Err(Error::Conflict(
-                "in proxy mode a daemon is ready when it listens on its backend, or, with \
-                 --ready, when it sends READY=1: the other --ready-when checks are not \
-                 supported with --proxy",
-            ));
+            return Err(datagrams());
         }
         drop(daemon.take_sockets());
         let template = daemon.no_pid(true);
         let dir = private_dir(kind)?;
         let backend = backend_for(kind, dir.as_ref(), 0)?;
-        let daemon = expand(&template, &backend)?;
+        let daemon = expand(&template, &backend, &peers)?;
         daemon.find_program()?;
-        let (fds, sockets, created) = self.sockets.bind()?.into_parts();
         let mut listeners = Vec::with_capacity(sockets.len());
         for (fd, described) in fds.into_iter().zip(&sockets) {
             let socket = Socket::from(fd);
@@ -334,14 +369,23 @@ impl Options {
             kind,
             _dir: dir,
             template,
+            peers,
             daemon,
             restart_on_hup: self.restart_on_hup,
+            restart_on_exit: self.restart_on_exit,
             connect_timeout: self.connect_timeout,
             stop_timeout: self.stop_timeout,
             stop_rx,
             stop_tx: Arc::new(stop_tx),
         })
     }
+}
+
+fn datagrams() -> Error {
+    Error::Conflict(
+        "proxy mode forwards stream connections (TCP and Unix): datagram and seqpacket \
+         sockets have none it can forward",
+    )
 }
 
 impl Launch {
@@ -386,9 +430,12 @@ pub struct Proxy {
     _dir: Option<tempfile::TempDir>,
     /// The daemon with its templates, for each new backend of a restart.
     template: Launch,
+    /// The other daemons' sockets, by name, for its templates (a stack's).
+    peers: Vec<(String, Vec<LaunchedSocket>)>,
     /// The first daemon, told [`Proxy::backend`].
     daemon: Launch,
     restart_on_hup: bool,
+    restart_on_exit: bool,
     connect_timeout: Duration,
     stop_timeout: Duration,
     stop_rx: UnixStream,
@@ -412,6 +459,8 @@ pub struct Proxied {
     pub status: Option<ExitStatus>,
     /// The signal that stopped serving (`SIGINT`, `SIGTERM`), if one did.
     pub signal: Option<i32>,
+    /// The end of the daemon's captured stderr, when its exit ended serving.
+    pub stderr: Option<String>,
 }
 
 impl Proxy {
@@ -480,14 +529,40 @@ impl Proxy {
         self.serve_with(signals, |_| {})
     }
 
-    /// [`serve`](Proxy::serve), calling `started` with the daemon's pid once it runs.
-    fn serve_with(
+    /// [`serve`](Proxy::serve), calling `ready` with the daemon's pid once it is ready: at
+    /// once when it was launched without a readiness wait; else when its
+    /// [wait](Launch::wait_until) says so, where [`Wait::Accepted`]
+    /// means "it listens on its backend" and [`Wait::Http`] asks the
+    /// backend. Until then connections wait. A daemon that exits first, or is not ready
+    /// within the wait's timeout, ends serving with the error ([`Error::Exited`],
+    /// [`Error::ReadyTimeout`]), and `ready` is never called.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use sd_launch::{Error, Launch, Wait};
+    /// let proxy = Launch::new("sh")
+    ///     .args(["-c", "echo starting; exit 1", "${backend.path}"])
+    ///     .wait_until(Wait::accepted(0), Duration::from_secs(10))
+    ///     .proxy()?;
+    /// let err = proxy.serve_with(None, |_| unreachable!("never ready")).unwrap_err();
+    /// assert!(matches!(err, Error::Exited { .. }), "{err}");
+    /// # Ok::<(), sd_launch::Error>(())
+    /// ```
+    pub fn serve_with(
         mut self,
         signals: Option<&Signals>,
-        started: impl FnOnce(u32),
+        ready: impl FnOnce(u32),
     ) -> Result<Proxied, Error> {
-        let first = self.start(self.daemon.clone(), self.backend.clone(), 0)?;
-        started(first.daemon.pid());
+        let mut first = self.start(self.daemon.clone(), self.backend.clone(), 0, false)?;
+        let mut ready: Option<Box<dyn FnOnce(u32) + '_>> = Some(Box::new(ready));
+        if first.gate.is_none() {
+            (ready.take().expect("not called yet"))(first.daemon.pid());
+        } else if let Err(e) = first.look(false) {
+            let _ = first.daemon.kill();
+            return Err(e);
+        } else if first.gate.is_none() {
+            (ready.take().expect("not called yet"))(first.daemon.pid());
+        }
         let mut policy = Forward {
             proxy: &self,
             current: first,
@@ -500,6 +575,9 @@ impl Proxy {
             retry_at: None,
             delay: RETRY_FIRST,
             paused_until: None,
+            restart_at: None,
+            backoff: FIRST_BACKOFF,
+            ready,
             proxied: Proxied::default(),
         };
         let result = run(signals, &mut policy);
@@ -511,11 +589,15 @@ impl Proxy {
             proxied,
             ..
         } = policy;
+        let stderr = match result {
+            Ok(End::Exited(_)) => current.daemon.stderr_tail(),
+            _ => None,
+        };
         // Clients first: a connection closed now is refused at once, not left hanging.
         drop(conns);
         self.listeners.clear();
         let mut daemons: Vec<Generation> = std::iter::once(current)
-            .chain(next.map(|n| n.generation))
+            .chain(next)
             .chain(draining.into_iter().map(|d| d.generation))
             .collect();
         let (status, signal) = match result {
@@ -539,33 +621,91 @@ impl Proxy {
         Ok(Proxied {
             status,
             signal,
+            stderr,
             ..proxied
         })
     }
 
-    /// Start `launch`, told `backend`.
-    fn start(&self, launch: Launch, backend: Backend, number: u64) -> Result<Generation, Error> {
+    /// Start `launch`, told `backend`. Its gate is its launch's readiness wait; a
+    /// `replacing` daemon (the new one of a `SIGHUP` restart) without a wait must be seen
+    /// listening on its backend within the connect timeout before it takes over.
+    fn start(
+        &self,
+        launch: Launch,
+        backend: Backend,
+        number: u64,
+        replacing: bool,
+    ) -> Result<Generation, Error> {
         let mut prepared = launch.prepare_bound(None)?;
         let (child, _) = prepared.spawn_child(false)?;
+        prepared.last_child(); // each daemon has a plan of its own (its own backend)
         let daemon = prepared.child(child);
         tracing::debug!(
             "proxy: {} started as pid {}, backend {backend:?}",
             daemon.program(),
             daemon.pid(),
         );
+        let (kind, address) = match &backend {
+            Backend::Unix(path) => (SocketKind::UnixStream, Address::Unix(path.clone())),
+            Backend::Tcp(addr) => (SocketKind::Tcp, Address::Inet(*addr)),
+        };
+        let socket = [LaunchedSocket {
+            fd: -1,
+            name: Some(BACKEND.into()),
+            kind,
+            address: Some(address.clone()),
+        }];
+        let probes = Probes {
+            notify: prepared.notify.as_ref(),
+            capture: daemon.capture(),
+            sockets: &socket,
+            listeners: &[],
+        };
+        let gate = match prepared.ready.clone() {
+            Some((wait, timeout)) => {
+                let strategy = match &wait {
+                    Wait::Accepted(_) => Ok(Strategy::listens(address)),
+                    Wait::Http { path, .. } => Strategy::new(&Wait::http(path.clone()), probes),
+                    other => Strategy::new(other, probes),
+                };
+                let what = match &wait {
+                    Wait::Accepted(_) => "listen on its backend".to_owned(),
+                    Wait::Http { path, .. } => format!("answer GET {path} with 2xx on its backend"),
+                    other => other.describe(),
+                };
+                Some(Gate {
+                    strategy: strategy?,
+                    deadline: Instant::now() + timeout,
+                    timeout,
+                    what,
+                })
+            }
+            None if replacing => Some(Gate {
+                strategy: Strategy::listens(address),
+                deadline: Instant::now() + self.connect_timeout,
+                timeout: self.connect_timeout,
+                what: "listen on its backend".to_owned(),
+            }),
+            None => None,
+        };
+        let [socket] = socket;
         Ok(Generation {
             number,
             daemon,
             backend,
+            socket,
             conns: 0,
             served: false,
-            ready: prepared.notify.is_none(),
+            started: Instant::now(),
+            gate,
             prepared,
         })
     }
 
-    /// [`serve`](Proxy::serve) in a thread of its own; returns once the daemon runs. The
-    /// handle stops everything when dropped. For tests: no signals are handled.
+    /// [`serve`](Proxy::serve) in a thread of its own; returns once the daemon runs, or,
+    /// launched with a readiness wait, once it is ready (else the error: it exited first,
+    /// or was not ready in time). The handle stops everything when dropped. For tests: no
+    /// signals are handled.
     ///
     /// ```
     /// let running = sd_launch::Launch::new("sh").args(["-c", "sleep 30", "${backend.path}"]).proxy()?.spawn()?;
@@ -575,8 +715,16 @@ impl Proxy {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn spawn(self) -> Result<Running, Error> {
+        self.start_serving()?.ready()
+    }
+
+    /// The first half of [`spawn`](Proxy::spawn): the thread serves (its daemon starts);
+    /// [`Starting::ready`] waits until the daemon is ready. A stack starts all its daemons
+    /// so, then waits for them all.
+    pub(crate) fn start_serving(self) -> Result<Starting, Error> {
         let sockets = self.sockets.clone();
         let backend = self.backend.clone();
+        let program = self.daemon.program_name();
         let stopper = self.stopper();
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
         let thread = std::thread::Builder::new()
@@ -590,19 +738,40 @@ impl Proxy {
                 context: "start the proxy thread",
                 source,
             })?;
-        match rx.recv() {
-            Ok(pid) => Ok(Running {
+        Ok(Starting {
+            running: Running {
                 sockets,
                 backend,
-                pid,
+                program,
+                pid: 0,
                 stopper,
                 thread: Some(thread),
-            }),
-            // The thread ended before the daemon ran: its error says why.
-            Err(_) => match thread.join() {
-                Ok(Err(e)) => Err(e),
-                Ok(Ok(_)) | Err(_) => Err(Error::Conflict("the proxy thread ended early")),
             },
+            rx,
+        })
+    }
+}
+
+/// A proxy whose thread serves, until its daemon is ready ([`Proxy::start_serving`]).
+/// Dropped, it stops everything.
+pub(crate) struct Starting {
+    running: Running,
+    rx: std::sync::mpsc::Receiver<u32>,
+}
+
+impl Starting {
+    /// Wait until the daemon is ready (it runs, without a readiness wait); the error of a
+    /// daemon that exited first or was not ready in time.
+    pub(crate) fn ready(mut self) -> Result<Running, Error> {
+        match self.rx.recv() {
+            Ok(pid) => {
+                self.running.pid = pid;
+                Ok(self.running)
+            }
+            // The thread ended before the daemon was ready: its error says why.
+            Err(_) => Err(self.running.ended().err().unwrap_or(Error::Conflict(
+                "the proxy thread ended before its daemon was ready",
+            ))),
         }
     }
 }
@@ -620,6 +789,7 @@ impl Proxy {
 pub struct Running {
     sockets: Vec<LaunchedSocket>,
     backend: Backend,
+    program: String,
     pid: u32,
     stopper: Stopper,
     thread: Option<std::thread::JoinHandle<Result<Proxied, Error>>>,
@@ -684,6 +854,59 @@ impl Running {
         let _ = io::Write::write(&mut &*self.stopper.0, &[RESTART]);
     }
 
+    /// Send `signal` to the daemon (the current one, after restarts), if it is one of
+    /// [`FORWARDED`] (`SIGHUP`, `SIGQUIT`, `SIGUSR1`, `SIGUSR2`); others are ignored.
+    /// Never blocks.
+    ///
+    /// ```
+    /// let running = sd_launch::Launch::new("sh")
+    ///     .args(["-c", "trap 'exit 7' USR1; while :; do sleep 0.01; done", "${backend.path}"])
+    ///     .proxy()?
+    ///     .spawn()?;
+    /// std::thread::sleep(std::time::Duration::from_millis(200)); // the trap is set
+    /// running.signal(libc::SIGUSR1);
+    /// assert_eq!(running.wait()?.status.and_then(|s| s.code()), Some(7));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn signal(&self, signal: i32) {
+        if let Ok(byte) = u8::try_from(signal)
+            && FORWARDED.contains(&signal)
+        {
+            let _ = io::Write::write(&mut &*self.stopper.0, &[SIGNAL | byte]);
+        }
+    }
+
+    /// The daemon's program, for messages.
+    pub(crate) fn program(&self) -> &str {
+        &self.program
+    }
+
+    /// Readable (at its end) once serving has ended: the proxy's end of the channel is
+    /// closed.
+    pub(crate) fn ended_fd(&self) -> std::os::fd::RawFd {
+        self.stopper.0.as_raw_fd()
+    }
+
+    /// Whether serving has ended (its thread is done).
+    pub(crate) fn has_ended(&self) -> bool {
+        self.thread.as_ref().is_none_or(|t| t.is_finished())
+    }
+
+    /// A handle that stops the proxy (as dropping it does), without waiting.
+    pub(crate) fn stopper(&self) -> Stopper {
+        self.stopper.clone()
+    }
+
+    /// How serving ended, once it has (else waits for it).
+    pub(crate) fn ended(&mut self) -> Result<Proxied, Error> {
+        match self.thread.take() {
+            Some(thread) => thread
+                .join()
+                .unwrap_or(Err(Error::Conflict("the proxy thread panicked"))),
+            None => Ok(Proxied::default()),
+        }
+    }
+
     /// Stop serving (the daemon gets `SIGTERM`) and return how it went.
     ///
     /// ```
@@ -703,20 +926,12 @@ impl Running {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn wait(mut self) -> Result<Proxied, Error> {
-        let thread = self.thread.take().expect("joined once");
-        thread
-            .join()
-            .unwrap_or(Err(Error::Conflict("the proxy thread panicked")))
+        self.ended()
     }
 
     fn finish(&mut self) -> Result<Proxied, Error> {
         self.stopper.stop();
-        match self.thread.take() {
-            Some(thread) => thread
-                .join()
-                .unwrap_or(Err(Error::Conflict("the proxy thread panicked"))),
-            None => Ok(Proxied::default()),
-        }
+        self.ended()
     }
 }
 
@@ -808,7 +1023,11 @@ fn backend_for(
 }
 
 /// `template` told `backend`: its templates expanded.
-fn expand(template: &Launch, backend: &Backend) -> Result<Launch, Error> {
+fn expand(
+    template: &Launch,
+    backend: &Backend,
+    peers: &[(String, Vec<LaunchedSocket>)],
+) -> Result<Launch, Error> {
     let (kind, address) = match backend {
         Backend::Unix(path) => (SocketKind::UnixStream, Address::Unix(path.clone())),
         Backend::Tcp(addr) => (SocketKind::Tcp, Address::Inet(*addr)),
@@ -821,6 +1040,9 @@ fn expand(template: &Launch, backend: &Backend) -> Result<Launch, Error> {
     }];
     let mut addresses = Addresses::default();
     addresses.add(BACKEND, &described);
+    for (name, sockets) in peers {
+        addresses.add(name, sockets);
+    }
     let mut daemon = template.clone();
     daemon
         .expand_templates(&addresses)
@@ -881,39 +1103,92 @@ struct Generation {
     number: u64,
     daemon: Launched,
     backend: Backend,
+    /// The backend as a socket (what an HTTP readiness check asks).
+    socket: LaunchedSocket,
     /// Connections to its backend, open or under way.
     conns: usize,
     /// A connection reached it: it listened where it was told.
     served: bool,
-    /// Whether connections may go to it: at once, or once it sent `READY=1` when its launch
-    /// asked for that ([`Launch::ready`]).
-    ready: bool,
+    started: Instant,
+    /// Until it is ready: connections wait (none while a gate is shut).
+    gate: Option<Gate>,
     /// Its plan (its output capture and notification socket live as long as it).
     prepared: Prepared,
 }
 
-impl Generation {
-    /// Read its notifications; whether it is ready now.
-    fn notified(&mut self) -> bool {
-        let Some(notify) = &self.prepared.notify else {
-            return self.ready;
-        };
-        match ready_message(notify, self.daemon.pid()) {
-            Ok(ready) => self.ready |= ready,
-            Err(e) => tracing::warn!("cannot read the daemon's notifications: {e}"),
-        }
-        self.ready
-    }
+/// Until a daemon is ready: the check of its launch's wait (the readiness strategies of
+/// the supervisor), and the time it has.
+struct Gate {
+    strategy: Strategy,
+    deadline: Instant,
+    timeout: Duration,
+    /// What it waits for, for messages ("send READY=1").
+    what: String,
 }
 
-/// A restart under way: the new daemon, until it accepts a connection.
-struct Next {
-    generation: Generation,
-    /// When to look again whether it listens.
-    probe_at: Instant,
-    delay: Duration,
-    /// It is stopped, and the restart abandoned, if it has not accepted by then.
-    give_up_at: Instant,
+impl Generation {
+    /// Look whether it is ready now (`readable`: its check's fd woke the loop); opens the
+    /// gate when it is.
+    fn look(&mut self, readable: bool) -> Result<(), Error> {
+        let Generation {
+            daemon,
+            socket,
+            gate,
+            prepared,
+            ..
+        } = self;
+        let Some(g) = gate else {
+            return Ok(());
+        };
+        let probes = Probes {
+            notify: prepared.notify.as_ref(),
+            capture: daemon.capture(),
+            sockets: std::slice::from_ref(socket),
+            listeners: &[],
+        };
+        if g.strategy.check(&probes, daemon.pid(), readable)? {
+            tracing::debug!(
+                "{} (pid {}) is ready: it did {}",
+                daemon.program(),
+                daemon.pid(),
+                g.what
+            );
+            *gate = None;
+        }
+        Ok(())
+    }
+
+    fn watch(&self, key: Key, watch: &mut Watch) {
+        if let Some(g) = &self.gate {
+            let probes = Probes {
+                notify: self.prepared.notify.as_ref(),
+                capture: self.daemon.capture(),
+                sockets: std::slice::from_ref(&self.socket),
+                listeners: &[],
+            };
+            g.strategy.watch(&probes, key, watch);
+        }
+    }
+
+    /// When its gate wants a look, or gives up.
+    fn next(&self) -> Option<Instant> {
+        let g = self.gate.as_ref()?;
+        Some(g.strategy.next().map_or(g.deadline, |t| t.min(g.deadline)))
+    }
+
+    /// The error of a daemon not ready by its deadline.
+    fn timed_out(&self) -> Option<Error> {
+        let g = self
+            .gate
+            .as_ref()
+            .filter(|g| Instant::now() >= g.deadline)?;
+        Some(Error::ReadyTimeout {
+            program: self.daemon.program().to_owned(),
+            what: g.what.clone(),
+            timeout: g.timeout,
+            stderr: self.daemon.stderr_tail(),
+        })
+    }
 }
 
 /// An old daemon after a restart. It gets `SIGTERM` once its last connection is closed
@@ -939,11 +1214,12 @@ impl Draining {
 }
 
 /// The proxy policy of the supervisor's loop.
-struct Forward<'a> {
+struct Forward<'a, 'r> {
     proxy: &'a Proxy,
     /// The daemon new connections go to.
     current: Generation,
-    next: Option<Next>,
+    /// The new daemon of a `SIGHUP` restart, until its gate opens.
+    next: Option<Generation>,
     /// Old daemons finishing their connections.
     draining: Vec<Draining>,
     /// Restarts so far.
@@ -958,10 +1234,15 @@ struct Forward<'a> {
     delay: Duration,
     /// Accepting pauses after `accept` failed for want of fds or memory.
     paused_until: Option<Instant>,
+    /// The current daemon exited and is started again then ([`Options::restart_on_exit`]).
+    restart_at: Option<Instant>,
+    backoff: Duration,
+    /// Told the first daemon's pid once it is ready.
+    ready: Option<Box<dyn FnOnce(u32) + 'r>>,
     proxied: Proxied,
 }
 
-impl Forward<'_> {
+impl Forward<'_, '_> {
     fn accept_from(&mut self, i: usize) -> Result<(), Error> {
         let (listener, address) = &self.proxy.listeners[i];
         loop {
@@ -1039,8 +1320,8 @@ impl Forward<'_> {
                 Backend::Unix(_) => 0,
             }
         );
-        let launch = expand(&proxy.template, &backend)?;
-        let new = proxy.start(launch, backend, self.generations)?;
+        let launch = expand(&proxy.template, &backend, &proxy.peers)?;
+        let new = proxy.start(launch, backend, self.generations, false)?;
         let old = std::mem::replace(&mut self.current, new);
         // Connections under way to the old port go back to waiting, for the new one.
         for (n, conn) in &mut self.conns {
@@ -1056,28 +1337,46 @@ impl Forward<'_> {
         Ok(())
     }
 
-    /// A notification from daemon `i` (0: the current one, 1: the new one of a restart).
-    fn notified(&mut self, i: usize) {
+    /// The readiness check of daemon `i` (0: the current one, 1: the new one of a
+    /// restart) has something to look at (`readable`), or its time came.
+    fn look(&mut self, i: usize, readable: bool) -> Result<(), Error> {
         if i == 0 {
-            let was = self.current.ready;
-            if self.current.notified() && !was {
-                tracing::info!(
-                    "{} is ready (READY=1): connecting {} waiting connection(s)",
-                    self.current.daemon.program(),
-                    self.waiting.len()
-                );
+            if self.current.gate.is_none() {
+                return Ok(());
+            }
+            if let Err(e) = self.current.look(readable) {
+                if self.ready.is_some() {
+                    return Err(e); // the first daemon's check cannot work: say so
+                }
+                tracing::warn!("cannot tell whether the daemon is ready ({e}): taking it as ready");
+                self.current.gate = None;
+            }
+            if self.current.gate.is_none() {
+                if let Some(ready) = self.ready.take() {
+                    ready(self.current.daemon.pid());
+                }
+                tracing::debug!("connecting {} waiting connection(s)", self.waiting.len());
                 self.connect_waiting();
             }
-        } else if self.next.as_mut().is_some_and(|n| n.generation.notified()) {
-            self.promote();
+        } else if let Some(next) = &mut self.next {
+            if let Err(e) = next.look(readable) {
+                tracing::warn!(
+                    "cannot tell whether the new daemon is ready ({e}): taking it as ready"
+                );
+                next.gate = None;
+            }
+            if next.gate.is_none() {
+                self.promote();
+            }
         }
+        Ok(())
     }
 
     /// Connect the waiting connections in order, until the backend refuses one (none
     /// before the daemon is ready).
     fn connect_waiting(&mut self) {
         self.retry_at = None;
-        if !self.current.ready {
+        if self.current.gate.is_some() || self.restart_at.is_some() {
             return;
         }
         // A refusal seen only once the connection was under way also sets `retry_at`.
@@ -1193,7 +1492,7 @@ impl Forward<'_> {
         }
     }
 
-    fn timers(&mut self) {
+    fn timers(&mut self) -> Result<(), Error> {
         let now = Instant::now();
         if self.paused_until.is_some_and(|t| now >= t) {
             self.paused_until = None;
@@ -1215,19 +1514,29 @@ impl Forward<'_> {
         if self.retry_at.is_some_and(|t| now >= t) {
             self.connect_waiting();
         }
-        if let Some(next) = &self.next {
-            if now >= next.give_up_at {
-                let mut next = self.next.take().expect("just seen");
-                let tail = tail_text(&next.generation.daemon);
+        if self.restart_at.is_some_and(|t| now >= t) {
+            self.restart_after_exit()?;
+        } else if self.restart_at.is_none() {
+            if let Some(e) = self.current.timed_out() {
+                if self.ready.is_some() {
+                    return Err(e); // the first daemon: serving fails with it
+                }
+                let _ = self.current.daemon.kill();
+                self.after_exit(&format!("was stopped: {e}"));
+            } else if self.current.next().is_some_and(|t| now >= t) {
+                self.look(0, false)?;
+            }
+        }
+        if let Some(next) = &mut self.next {
+            if let Some(e) = next.timed_out() {
                 tracing::warn!(
-                    "restart abandoned: the new daemon (pid {}) did not accept a connection \
-                     within {timeout:?}; stopped it, pid {} serves on{tail}",
-                    next.generation.daemon.pid(),
+                    "restart abandoned: {e}; stopped it, pid {} serves on",
                     self.current.daemon.pid()
                 );
-                let _ = next.generation.daemon.kill();
-            } else if now >= next.probe_at {
-                self.probe();
+                let _ = next.daemon.kill();
+                self.next = None;
+            } else if next.next().is_some_and(|t| now >= t) {
+                self.look(1, false)?;
             }
         }
         let stop_timeout = self.proxy.stop_timeout;
@@ -1248,77 +1557,125 @@ impl Forward<'_> {
         }
         self.draining
             .retain_mut(|d| matches!(d.generation.daemon.try_wait(), Ok(None)));
+        Ok(())
     }
 
-    /// `SIGHUP` with restarts: start a new daemon on a new backend; it takes over once it
-    /// accepts a connection ([`probe`](Forward::probe)).
-    fn restart(&mut self) {
+    /// The current daemon is gone (exited, or stopped for missing its readiness deadline)
+    /// and restarts on exit: its connections are closed (it took their state with it),
+    /// those under way wait again, and a new one starts after the backoff.
+    fn after_exit(&mut self, why: &str) {
+        let gone = self.current.number;
+        let open: Vec<u64> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.generation == Some(gone))
+            .map(|(n, _)| *n)
+            .collect();
+        for n in open {
+            let conn = self.conns.get_mut(&n).expect("just listed");
+            if matches!(conn.state, State::Open { .. }) {
+                self.remove(n);
+            } else {
+                conn.state = State::Waiting;
+                conn.generation = None;
+                self.waiting.push_front(n);
+            }
+        }
+        self.current.conns = 0;
+        if self.current.started.elapsed() >= MAX_BACKOFF {
+            self.backoff = FIRST_BACKOFF;
+        }
+        tracing::warn!(
+            "{} (pid {}) {why}; starting it again in {:?} ({} connection(s) wait)",
+            self.current.daemon.program(),
+            self.current.daemon.pid(),
+            self.backoff,
+            self.waiting.len()
+        );
+        self.retry_at = None;
+        self.restart_at = Some(Instant::now() + self.backoff);
+        self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
+    }
+
+    /// Start the daemon again after it exited, on a new backend.
+    fn restart_after_exit(&mut self) -> Result<(), Error> {
+        self.restart_at = None;
+        self.generations += 1;
+        let proxy = self.proxy;
+        let started =
+            backend_for(proxy.kind, proxy._dir.as_ref(), self.generations).and_then(|backend| {
+                proxy.start(
+                    expand(&proxy.template, &backend, &proxy.peers)?,
+                    backend,
+                    self.generations,
+                    false,
+                )
+            });
+        match started {
+            Ok(generation) => {
+                tracing::info!("restarted: new pid {}", generation.daemon.pid());
+                self.current = generation;
+                self.delay = RETRY_FIRST;
+                self.look(0, false)?;
+                self.connect_waiting();
+            }
+            Err(e) => {
+                tracing::error!("the daemon could not be started again: {e}");
+                self.restart_at = Some(Instant::now() + self.backoff);
+                self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
+            }
+        }
+        Ok(())
+    }
+
+    /// `SIGHUP` with restarts: start a new daemon on a new backend; it takes over once its
+    /// gate opens (it listens there, or its readiness wait says it is ready).
+    fn restart(&mut self) -> Result<(), Error> {
+        if self.restart_at.is_some() {
+            // The daemon is gone and waits for its backoff: start it now.
+            return self.restart_after_exit();
+        }
         if let Some(next) = &self.next {
             tracing::info!(
                 "SIGHUP: a restart is already under way (pid {})",
-                next.generation.daemon.pid()
+                next.daemon.pid()
             );
-            return;
+            return Ok(());
         }
         self.generations += 1;
         let proxy = self.proxy;
         let started =
             backend_for(proxy.kind, proxy._dir.as_ref(), self.generations).and_then(|backend| {
                 proxy.start(
-                    expand(&proxy.template, &backend)?,
+                    expand(&proxy.template, &backend, &proxy.peers)?,
                     backend,
                     self.generations,
+                    true,
                 )
             });
         match started {
             Ok(generation) => {
                 tracing::info!(
-                    "SIGHUP: started pid {} on a new backend; pid {} serves until it accepts",
+                    "SIGHUP: started pid {} on a new backend; pid {} serves until it is ready",
                     generation.daemon.pid(),
                     self.current.daemon.pid()
                 );
-                let now = Instant::now();
-                let give_up_at = now + proxy.connect_timeout;
-                // Told to say READY=1: that, not listening, is when it takes over.
-                let notifies = generation.prepared.notify.is_some();
-                self.next = Some(Next {
-                    generation,
-                    probe_at: if notifies { give_up_at } else { now },
-                    delay: RETRY_FIRST,
-                    give_up_at,
-                });
-                if !notifies {
-                    self.probe();
-                }
+                self.next = Some(generation);
+                self.look(1, false)?;
             }
             Err(e) => tracing::warn!(
                 "SIGHUP: the new daemon could not be started ({e}); pid {} serves on",
                 self.current.daemon.pid()
             ),
         }
-    }
-
-    /// Whether the new daemon listens on its backend yet; it takes over once it does.
-    /// Until then, checked again on a deadline, from 1 ms doubling to 50 ms. Looked up in
-    /// the kernel's socket tables, not with a connection of ours: a daemon must not see a
-    /// client that closes at once (some die of it, and it would count as served).
-    fn probe(&mut self) {
-        let Some(next) = &mut self.next else {
-            return;
-        };
-        match listening(&next.generation.backend) {
-            Ok(true) => return self.promote(),
-            Ok(false) => {}
-            Err(e) => tracing::debug!("cannot tell whether the new daemon listens: {e}"),
-        }
-        next.probe_at = Instant::now() + next.delay;
-        next.delay = (next.delay * 2).min(RETRY_MAX);
+        Ok(())
     }
 
     /// The new daemon accepts: new connections go to it, the old one finishes its own.
     fn promote(&mut self) {
         let next = self.next.take().expect("a restart under way");
-        let old = std::mem::replace(&mut self.current, next.generation);
+        self.restart_at = None;
+        let old = std::mem::replace(&mut self.current, next);
         tracing::info!(
             "restart: pid {} accepts and takes the new connections; pid {} finishes its {}",
             self.current.daemon.pid(),
@@ -1345,13 +1702,13 @@ impl Forward<'_> {
     /// restart fails, the old one serves on), or an old one done draining.
     fn reap(&mut self, pid: u32) {
         if let Some(next) = &mut self.next
-            && next.generation.daemon.pid() == pid
+            && next.daemon.pid() == pid
         {
-            if let Ok(Some(status)) = next.generation.daemon.try_wait() {
-                let tail = tail_text(&next.generation.daemon);
+            if let Ok(Some(status)) = next.daemon.try_wait() {
+                let tail = tail_text(&next.daemon);
                 tracing::warn!(
                     "restart failed: the new daemon (pid {pid}) exited ({status}) before it \
-                     accepted a connection; pid {} serves on{tail}",
+                     was ready; pid {} serves on{tail}",
                     self.current.daemon.pid()
                 );
                 self.next = None;
@@ -1404,22 +1761,22 @@ fn tail_text(daemon: &Launched) -> String {
         .unwrap_or_default()
 }
 
-impl Policy for Forward<'_> {
+impl Policy for Forward<'_, '_> {
     type Output = End;
 
     fn watch(&self, watch: &mut Watch) {
         watch.add(Key::Stop, self.proxy.stop_rx.as_raw_fd());
-        let notify = [
-            Some(&self.current),
-            self.next.as_ref().map(|n| &n.generation),
-        ];
-        for (i, g) in notify.into_iter().enumerate() {
-            if let Some(n) = g.and_then(|g| g.prepared.notify.as_ref()) {
-                watch.add(Key::Ready(i), n.raw_fd());
-            }
+        // The current daemon is gone while a restart waits: nothing of it to watch.
+        let current = Some(&self.current).filter(|_| self.restart_at.is_none());
+        if let Some(g) = current {
+            g.watch(Key::Ready(0), watch);
         }
-        let daemons = std::iter::once(&self.current)
-            .chain(self.next.as_ref().map(|n| &n.generation))
+        if let Some(g) = &self.next {
+            g.watch(Key::Ready(1), watch);
+        }
+        let daemons = current
+            .into_iter()
+            .chain(self.next.as_ref())
             .chain(self.draining.iter().map(|d| &d.generation));
         for g in daemons {
             if let Some(fd) = g.daemon.child().pidfd() {
@@ -1469,12 +1826,23 @@ impl Policy for Forward<'_> {
             .filter(|c| !matches!(c.state, State::Open { .. }))
             .map(|c| c.since + timeout)
             .min();
-        let next = self.next.as_ref().map(|n| n.probe_at.min(n.give_up_at));
+        let current = match self.restart_at {
+            Some(t) => Some(t),
+            None => self.current.next(),
+        };
+        let next = self.next.as_ref().and_then(Generation::next);
         let kill = self.draining.iter().map(|d| d.at).min();
-        [self.retry_at, self.paused_until, oldest, next, kill]
-            .into_iter()
-            .flatten()
-            .min()
+        [
+            self.retry_at,
+            self.paused_until,
+            oldest,
+            current,
+            next,
+            kill,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     fn handle(&mut self, event: Event) -> Result<Option<End>, Error> {
@@ -1489,10 +1857,14 @@ impl Policy for Forward<'_> {
                     Err(_) => 0,
                 };
                 let bytes = &bytes[..n];
-                if bytes.contains(&RESTART) {
-                    self.restart();
+                for &b in bytes {
+                    if b == RESTART {
+                        self.restart()?;
+                    } else if b & SIGNAL != 0 {
+                        let _ = self.current.daemon.child().forward(i32::from(b & !SIGNAL));
+                    }
                 }
-                if n == 0 || bytes.iter().any(|&b| b != RESTART) {
+                if n == 0 || bytes.iter().any(|&b| b != RESTART && b & SIGNAL == 0) {
                     return Ok(Some(End::Stopped));
                 }
                 Ok(None)
@@ -1503,6 +1875,14 @@ impl Policy for Forward<'_> {
                     Ok(Some(status)) => {
                         if self.port_taken() {
                             return self.new_port(status).map(|()| None);
+                        }
+                        if self.ready.is_some() {
+                            // The first daemon, before it was ready: its start failed.
+                            return Err(self.current.daemon.exited(status, "before it was ready"));
+                        }
+                        if self.proxy.restart_on_exit {
+                            self.after_exit(&format!("exited ({status})"));
+                            return Ok(None);
                         }
                         tracing::info!(
                             "{} exited ({status}): closing {} connection(s) and the public \
@@ -1523,7 +1903,7 @@ impl Policy for Forward<'_> {
                 Ok(None)
             }
             Event::Signal(libc::SIGHUP) if self.proxy.restart_on_hup => {
-                self.restart();
+                self.restart()?;
                 Ok(None)
             }
             Event::Readable(Key::Listener(i)) => self.accept_from(i).map(|()| None),
@@ -1532,10 +1912,10 @@ impl Policy for Forward<'_> {
                 Ok(None)
             }
             Event::Readable(Key::Ready(i)) => {
-                self.notified(i);
+                self.look(i, true)?;
                 Ok(None)
             }
-            Event::Readable(Key::Notify) => Ok(None),
+            Event::Readable(Key::Notify | Key::Proxy(_)) => Ok(None),
             Event::Signal(sig @ (libc::SIGINT | libc::SIGTERM)) => Ok(Some(End::Signal(sig))),
             Event::Signal(sig) => {
                 if FORWARDED.contains(&sig) {
@@ -1544,42 +1924,9 @@ impl Policy for Forward<'_> {
                 Ok(None)
             }
             Event::Deadline => {
-                self.timers();
+                self.timers()?;
                 Ok(None)
             }
-        }
-    }
-}
-
-/// Whether something listens on `backend`, from the kernel's tables of this network
-/// namespace (`/proc/net/unix`: a socket bound at the path with `__SO_ACCEPTCON`;
-/// `/proc/net/tcp`, `tcp6`: a socket in state `LISTEN` on the port, on any address).
-fn listening(backend: &Backend) -> io::Result<bool> {
-    match backend {
-        Backend::Unix(path) => {
-            const ACCEPTING: u32 = 0x10000; // __SO_ACCEPTCON: listen() was called
-            let table = std::fs::read_to_string("/proc/net/unix")?;
-            let path = path.to_string_lossy();
-            Ok(table.lines().skip(1).any(|line| {
-                let fields: Vec<&str> = line.split_whitespace().collect();
-                fields.len() >= 8
-                    && fields[7..].join(" ") == path
-                    && u32::from_str_radix(fields[3], 16).is_ok_and(|f| f & ACCEPTING != 0)
-            }))
-        }
-        Backend::Tcp(addr) => {
-            let port = format!(":{:04X}", addr.port());
-            let mut found = false;
-            for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
-                let Ok(table) = std::fs::read_to_string(table) else {
-                    continue; // no IPv6
-                };
-                found |= table.lines().skip(1).any(|line| {
-                    let fields: Vec<&str> = line.split_whitespace().collect();
-                    fields.len() > 3 && fields[1].ends_with(&port) && fields[3] == "0A"
-                });
-            }
-            Ok(found)
         }
     }
 }
@@ -1878,21 +2225,6 @@ mod tests {
         assert_eq!(mode & 0o777, 0o700);
         drop(proxy);
         assert!(!dir.exists());
-    }
-
-    #[test]
-    fn the_kernel_tables_tell_whether_a_backend_listens() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("b.sock");
-        assert!(!listening(&Backend::Unix(path.clone())).unwrap());
-        let unix = std::os::unix::net::UnixListener::bind(&path).unwrap();
-        assert!(listening(&Backend::Unix(path.clone())).unwrap());
-        drop(unix);
-        let tcp = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = tcp.local_addr().unwrap();
-        assert!(listening(&Backend::Tcp(addr)).unwrap());
-        drop(tcp);
-        assert!(!listening(&Backend::Tcp(addr)).unwrap());
     }
 
     #[test]

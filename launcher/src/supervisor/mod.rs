@@ -49,6 +49,8 @@ pub(crate) enum Key {
     Ready(usize),
     /// Proxied connection `n` (either of its sockets): it can make progress.
     Conn(u64),
+    /// The proxy of a stack's daemon `i`: its serving has ended.
+    Proxy(usize),
 }
 
 /// One thing that happened.

@@ -185,6 +185,7 @@ pub(crate) fn wait_all_ready(
         let strategy = Strategy::new(p.wait, p.probes).map_err(|e| (i, NotReady::Failed(e)))?;
         entries.push(Entry {
             strategy,
+            probes: p.probes,
             child: &mut *p.child,
             deadline: p.deadline,
             ready: false,
@@ -197,12 +198,13 @@ pub(crate) fn wait_all_ready(
     }
 }
 
-/// A strategy with its state.
-enum Strategy<'a> {
-    Notify(&'a NotifySocket, &'a [RawFd]),
+/// A strategy with its state; what it looks at ([`Probes`]) is lent to each look, so that
+/// any policy can hold one: this loop's [`WaitAll`], or the proxy's gate of each daemon.
+#[derive(Debug)]
+pub(crate) enum Strategy {
+    Notify,
     Log {
-        capture: &'a Capture,
-        re: &'a regex_lite::Regex,
+        re: regex_lite::Regex,
         /// Bytes of each stream already looked at.
         seen: [u64; 2],
     },
@@ -219,14 +221,21 @@ enum Strategy<'a> {
         sample_at: Instant,
         pause: Duration,
     },
+    /// Something listens on `address`, in the kernel's socket tables: no connection of ours
+    /// (the proxy's "the backend accepts", where the daemon binds its own socket).
+    Listens {
+        address: Address,
+        sample_at: Instant,
+        pause: Duration,
+    },
 }
 
 /// The first pause between samples or retries, and the longest.
 const FIRST_PAUSE: Duration = Duration::from_micros(200);
 const MAX_PAUSE: Duration = Duration::from_millis(50);
 
-impl<'a> Strategy<'a> {
-    fn new(wait: &'a Wait, probes: Probes<'a>) -> Result<Strategy<'a>, Error> {
+impl Strategy {
+    pub(crate) fn new(wait: &Wait, probes: Probes<'_>) -> Result<Strategy, Error> {
         let socket = |i: usize| {
             probes.sockets.get(i).ok_or_else(|| Error::NoSuchSocket {
                 which: format!("socket {i}"),
@@ -235,20 +244,19 @@ impl<'a> Strategy<'a> {
             })
         };
         Ok(match wait {
-            Wait::Notify => Strategy::Notify(
+            Wait::Notify => {
                 probes.notify.ok_or(Error::Conflict(
                     "waiting for READY=1 needs the notification socket",
-                ))?,
-                probes.listeners,
-            ),
+                ))?;
+                Strategy::Notify
+            }
             Wait::Log(re) => {
-                let capture = probes.capture.ok_or(Error::Conflict(
+                probes.capture.ok_or(Error::Conflict(
                     "waiting for a log line needs the daemon's output captured \
                      (Stdio::capture, the default; not a file or inherited)",
                 ))?;
                 Strategy::Log {
-                    capture,
-                    re,
+                    re: re.clone(),
                     seen: [0, 0],
                 }
             }
@@ -308,6 +316,211 @@ impl<'a> Strategy<'a> {
             }
         })
     }
+
+    /// [`Strategy::Listens`] on `address`, looked at first now.
+    pub(crate) fn listens(address: Address) -> Strategy {
+        Strategy::Listens {
+            address,
+            sample_at: Instant::now(),
+            pause: FIRST_PAUSE,
+        }
+    }
+
+    /// Look at the strategy's source; `true` when the daemon (pid `root`) is ready.
+    /// `readable`: its fd woke the loop (else a deadline did).
+    pub(crate) fn check(
+        &mut self,
+        probes: &Probes<'_>,
+        root: u32,
+        readable: bool,
+    ) -> Result<bool, Error> {
+        let os = |context| move |source| Error::Os { context, source };
+        match self {
+            Strategy::Notify => {
+                let Some(notify) = probes.notify.filter(|_| readable) else {
+                    return Ok(false);
+                };
+                let sender = ready_sender(notify, root).map_err(os("read notifications"))?;
+                if let Some(sender) = sender.filter(|&p| p != root as libc::pid_t) {
+                    warn_if_not_the_receiver(sender);
+                }
+                if sender.is_some() {
+                    warn_if_no_socket_in_tree(root as libc::pid_t, probes.listeners);
+                }
+                Ok(sender.is_some())
+            }
+            Strategy::Log { re, seen } => {
+                let Some(capture) = probes.capture else {
+                    return Ok(false);
+                };
+                capture.clear_wake();
+                let mut found = false;
+                for which in [Which::Stdout, Which::Stderr] {
+                    let total = capture.total(which);
+                    let i = which as usize;
+                    if total == seen[i] {
+                        continue;
+                    }
+                    let text = capture.text(which);
+                    // Only the lines written since the last look, whole lines only.
+                    let new = (total - seen[i]).min(text.len() as u64) as usize;
+                    let start = text.len() - new;
+                    let from = text[..start].rfind('\n').map_or(0, |n| n + 1);
+                    let upto = text.rfind('\n').map_or(from, |n| n + 1).max(from);
+                    found |= text[from..upto].lines().any(|line| re.is_match(line));
+                    seen[i] = total - (text.len() - upto) as u64;
+                }
+                Ok(found)
+            }
+            Strategy::Http {
+                target,
+                request,
+                probe,
+                retry_at,
+                pause,
+            } => {
+                if let Some((socket, reply, sent)) = probe {
+                    let (done, ok) = exchange(socket, request, reply, sent);
+                    if !done {
+                        return Ok(false);
+                    }
+                    if ok {
+                        return Ok(true);
+                    }
+                    *probe = None;
+                    *retry_at = Some(Instant::now() + *pause);
+                    *pause = (*pause * 2).min(MAX_PAUSE * 10);
+                    return Ok(false);
+                }
+                if retry_at.is_some_and(|t| Instant::now() >= t) {
+                    *retry_at = None;
+                    match connect(target) {
+                        Ok(socket) => *probe = Some((socket, Vec::new(), 0)),
+                        // No socket file yet, nobody listening yet (a daemon that binds
+                        // its own socket): try again after the pause.
+                        Err(e)
+                            if matches!(
+                                e.raw_os_error(),
+                                Some(libc::ENOENT | libc::ECONNREFUSED | libc::EAGAIN)
+                            ) =>
+                        {
+                            *retry_at = Some(Instant::now() + *pause);
+                            *pause = (*pause * 2).min(MAX_PAUSE * 10);
+                        }
+                        Err(e) => return Err(os("connect the HTTP probe")(e)),
+                    }
+                }
+                Ok(false)
+            }
+            Strategy::Accepted {
+                listener,
+                sample_at,
+                pause,
+                ..
+            } => {
+                if Instant::now() < *sample_at {
+                    return Ok(false);
+                }
+                if accept_queue(*listener).map_err(os("read the accept queue"))? == 0 {
+                    return Ok(true);
+                }
+                *sample_at = Instant::now() + *pause;
+                *pause = (*pause * 2).min(MAX_PAUSE);
+                Ok(false)
+            }
+            Strategy::Listens {
+                address,
+                sample_at,
+                pause,
+            } => {
+                if Instant::now() < *sample_at {
+                    return Ok(false);
+                }
+                match listening(address) {
+                    Ok(true) => return Ok(true),
+                    Ok(false) => {}
+                    Err(e) => tracing::debug!("cannot tell whether {address} listens: {e}"),
+                }
+                *sample_at = Instant::now() + *pause;
+                *pause = (*pause * 2).min(MAX_PAUSE);
+                Ok(false)
+            }
+        }
+    }
+
+    /// Add the fd whose readability moves the strategy on, if it has one, with `key`.
+    pub(crate) fn watch(&self, probes: &Probes<'_>, key: Key, watch: &mut Watch) {
+        match self {
+            Strategy::Notify => {
+                if let Some(notify) = probes.notify {
+                    watch.add(key, notify.raw_fd());
+                }
+            }
+            Strategy::Log { .. } => {
+                if let Some(capture) = probes.capture {
+                    watch.add(key, capture.wake_fd());
+                }
+            }
+            Strategy::Http {
+                probe: Some((socket, _, sent)),
+                request,
+                ..
+            } => {
+                if *sent < request.len() {
+                    watch.add_writable(key, socket.as_raw_fd());
+                } else {
+                    watch.add(key, socket.as_raw_fd());
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// When the strategy wants to look again without an event, if ever.
+    pub(crate) fn next(&self) -> Option<Instant> {
+        match self {
+            Strategy::Http { retry_at, .. } => *retry_at,
+            Strategy::Accepted { sample_at, .. } | Strategy::Listens { sample_at, .. } => {
+                Some(*sample_at)
+            }
+            _ => None,
+        }
+    }
+}
+
+/// Whether something listens on `address`, from the kernel's tables of this network
+/// namespace (`/proc/net/unix`: a socket bound at the path with `__SO_ACCEPTCON`;
+/// `/proc/net/tcp`, `tcp6`: a socket in state `LISTEN` on the port, on any address).
+pub(crate) fn listening(address: &Address) -> io::Result<bool> {
+    match address {
+        Address::Unix(path) => {
+            const ACCEPTING: u32 = 0x10000; // __SO_ACCEPTCON: listen() was called
+            let table = std::fs::read_to_string("/proc/net/unix")?;
+            let path = path.to_string_lossy();
+            Ok(table.lines().skip(1).any(|line| {
+                let fields: Vec<&str> = line.split_whitespace().collect();
+                fields.len() >= 8
+                    && fields[7..].join(" ") == path
+                    && u32::from_str_radix(fields[3], 16).is_ok_and(|f| f & ACCEPTING != 0)
+            }))
+        }
+        Address::Inet(addr) => {
+            let port = format!(":{:04X}", addr.port());
+            let mut found = false;
+            for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+                let Ok(table) = std::fs::read_to_string(table) else {
+                    continue; // no IPv6
+                };
+                found |= table.lines().skip(1).any(|line| {
+                    let fields: Vec<&str> = line.split_whitespace().collect();
+                    fields.len() > 3 && fields[1].ends_with(&port) && fields[3] == "0A"
+                });
+            }
+            Ok(found)
+        }
+        // Not a listening address (an abstract or unnamed socket): never "listening".
+        _ => Ok(false),
+    }
 }
 
 /// A non-blocking connection to `target` (queued in the backlog of our own socket).
@@ -354,95 +567,27 @@ fn accept_queue(listener: RawFd) -> io::Result<u32> {
 }
 
 struct Entry<'a, 'b> {
-    strategy: Strategy<'a>,
+    strategy: Strategy,
+    probes: Probes<'a>,
     child: &'b mut Child,
     deadline: Instant,
     ready: bool,
 }
 
 impl Entry<'_, '_> {
-    /// Look at the strategy's source; `true` when the daemon is ready.
     fn check(&mut self, readable: bool) -> Result<bool, Error> {
-        let os = |context| move |source| Error::Os { context, source };
-        let root = self.child.pid();
-        match &mut self.strategy {
-            Strategy::Notify(notify, listeners) => {
-                if !readable {
-                    return Ok(false);
-                }
-                let sender = ready_sender(notify, root).map_err(os("read notifications"))?;
-                if let Some(sender) = sender.filter(|&p| p != root as libc::pid_t) {
-                    warn_if_not_the_receiver(sender);
-                }
-                if sender.is_some() {
-                    warn_if_no_socket_in_tree(root as libc::pid_t, listeners);
-                }
-                Ok(sender.is_some())
-            }
-            Strategy::Log { capture, re, seen } => {
-                capture.clear_wake();
-                let mut found = false;
-                for which in [Which::Stdout, Which::Stderr] {
-                    let total = capture.total(which);
-                    let i = which as usize;
-                    if total == seen[i] {
-                        continue;
-                    }
-                    let text = capture.text(which);
-                    // Only the lines written since the last look, whole lines only.
-                    let new = (total - seen[i]).min(text.len() as u64) as usize;
-                    let start = text.len() - new;
-                    let from = text[..start].rfind('\n').map_or(0, |n| n + 1);
-                    let upto = text.rfind('\n').map_or(from, |n| n + 1).max(from);
-                    found |= text[from..upto].lines().any(|line| re.is_match(line));
-                    seen[i] = total - (text.len() - upto) as u64;
-                }
-                Ok(found)
-            }
-            Strategy::Http {
-                target,
-                request,
-                probe,
-                retry_at,
-                pause,
-            } => {
-                if let Some((socket, reply, sent)) = probe {
-                    let (done, ok) = exchange(socket, request, reply, sent);
-                    if !done {
-                        return Ok(false);
-                    }
-                    if ok {
-                        return Ok(true);
-                    }
-                    *probe = None;
-                    *retry_at = Some(Instant::now() + *pause);
-                    *pause = (*pause * 2).min(MAX_PAUSE * 10);
-                    return Ok(false);
-                }
-                if retry_at.is_some_and(|t| Instant::now() >= t) {
-                    *retry_at = None;
-                    let socket = connect(target).map_err(os("connect the HTTP probe"))?;
-                    *probe = Some((socket, Vec::new(), 0));
-                }
-                Ok(false)
-            }
-            Strategy::Accepted {
-                listener,
-                sample_at,
-                pause,
-                ..
-            } => {
-                if Instant::now() < *sample_at {
-                    return Ok(false);
-                }
-                if accept_queue(*listener).map_err(os("read the accept queue"))? == 0 {
-                    return Ok(true);
-                }
-                *sample_at = Instant::now() + *pause;
-                *pause = (*pause * 2).min(MAX_PAUSE);
-                Ok(false)
-            }
-        }
+        self.strategy
+            .check(&self.probes, self.child.pid(), readable)
+    }
+
+    fn watch(&self, i: usize, watch: &mut Watch) {
+        self.strategy.watch(&self.probes, Key::Ready(i), watch);
+    }
+
+    fn next(&self) -> Instant {
+        self.strategy
+            .next()
+            .map_or(self.deadline, |t| t.min(self.deadline))
     }
 }
 
@@ -483,36 +628,6 @@ fn status_is_2xx(reply: &[u8]) -> bool {
     let mut parts = line.split(|&b| b == b' ');
     matches!(parts.next(), Some(v) if v.starts_with(b"HTTP/"))
         && matches!(parts.next(), Some([b'2', _, _]))
-}
-
-impl Entry<'_, '_> {
-    fn watch(&self, i: usize, watch: &mut Watch) {
-        match &self.strategy {
-            Strategy::Notify(notify, _) => watch.add(Key::Ready(i), notify.raw_fd()),
-            Strategy::Log { capture, .. } => watch.add(Key::Ready(i), capture.wake_fd()),
-            Strategy::Http {
-                probe: Some((socket, _, sent)),
-                request,
-                ..
-            } => {
-                if *sent < request.len() {
-                    watch.add_writable(Key::Ready(i), socket.as_raw_fd());
-                } else {
-                    watch.add(Key::Ready(i), socket.as_raw_fd());
-                }
-            }
-            _ => {}
-        }
-    }
-
-    fn next(&self) -> Instant {
-        let sample = match &self.strategy {
-            Strategy::Http { retry_at, .. } => *retry_at,
-            Strategy::Accepted { sample_at, .. } => Some(*sample_at),
-            _ => None,
-        };
-        sample.map_or(self.deadline, |t| t.min(self.deadline))
-    }
 }
 
 struct WaitAll<'a, 'b> {
@@ -727,6 +842,21 @@ mod tests {
             let err = bad.parse::<Wait>().unwrap_err();
             assert_eq!(err.exit_code(), 2, "{bad}: {err}");
         }
+    }
+
+    #[test]
+    fn the_kernel_tables_tell_whether_a_socket_listens() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("b.sock");
+        assert!(!listening(&Address::Unix(path.clone())).unwrap());
+        let unix = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        assert!(listening(&Address::Unix(path.clone())).unwrap());
+        drop(unix);
+        let tcp = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = tcp.local_addr().unwrap();
+        assert!(listening(&Address::Inet(addr)).unwrap());
+        drop(tcp);
+        assert!(!listening(&Address::Inet(addr)).unwrap());
     }
 
     #[test]

@@ -221,11 +221,14 @@ pub(crate) struct Args {
     /// proxy: in the background a proxy process of its own (LAUNCHED_PID; kill it to stop
     /// the daemon and the proxy), or in the foreground with --foreground. The daemon's exit
     /// closes the sockets. Streams only. With --restart, SIGHUP starts a new daemon on a new
-    /// backend, which takes the new connections once it accepts; the old one gets SIGTERM
-    /// once its connections are done. With --ready, connections wait for the daemon's
-    /// READY=1 (sd_notify) rather than for its socket: for daemons that listen before they
-    /// can serve, as PostgreSQL does.
-    #[arg(long, conflicts_with_all = ["accept", "ready_when"])]
+    /// backend, which takes the new connections once it is ready (it listens, or its --ready
+    /// wait says so); the old one gets SIGTERM once its connections are done; with
+    /// --restart=on-exit a daemon that exits is started again (clients wait). With --ready,
+    /// sd-launch prints only once the daemon is ready, and connections wait for that: READY=1
+    /// (sd_notify) by default, for daemons that listen before they can serve, as PostgreSQL
+    /// does; --ready-when=accepted waits until it listens on its backend, http:/PATH asks
+    /// the backend, log:REGEX reads its output.
+    #[arg(long, conflicts_with_all = ["accept"])]
     pub(crate) proxy: bool,
 
     /// With --proxy: how long a connection waits for the daemon to accept it before it is
@@ -267,9 +270,10 @@ pub(crate) enum Mode {
 }
 
 impl Args {
-    /// Whether sd-launch stays in the foreground (`--restart` implies it).
-    pub(crate) fn stays(&self) -> bool {
-        self.foreground || self.restart.is_some()
+    /// Whether sd-launch stays in the foreground (`--restart` implies it, but for
+    /// `--proxy`, which restarts in its proxy process).
+    pub(crate) fn in_foreground(&self) -> bool {
+        self.foreground || (self.restart.is_some() && !self.proxy)
     }
 }
 
@@ -373,12 +377,14 @@ impl Args {
                 },
             };
         }
-        let stays = self.stays() || self.accept;
+        // A process of ours stays with the daemon: in the foreground, or the proxy's.
+        let stays = self.in_foreground() || self.accept;
+        let proxy_process = self.proxy && !stays;
         if stays {
             launch = launch.parent_death_signal(libc::SIGKILL);
         }
         let watch_log = matches!(self.ready_when, Some(Wait::Log(_)));
-        if watch_log && !stays {
+        if watch_log && !stays && !proxy_process {
             return Err(Error::Conflict(
                 "--ready-when=log:... reads the daemon's output, which sd-launch can only do \
                  while it runs: add --foreground (or --restart), or wait another way",
@@ -398,6 +404,8 @@ impl Args {
                 (Some(f), true) => Stdio::capture_and_copy(f),
                 (None, false) if stays => Stdio::inherit(),
                 (None, false) => Stdio::null(),
+                // The proxy process has no terminal of the caller's to copy to.
+                (None, true) if proxy_process => Stdio::capture(),
                 (None, true) => Stdio::capture_and_copy(dup(ours)?),
             })
         };
@@ -499,14 +507,9 @@ impl Args {
     /// proxy (it cannot be reached without it); its stderr goes where it would otherwise,
     /// and is also captured for the log of a connection that times out.
     pub(crate) fn proxy(&self) -> Result<sd_launch::proxy::Proxy, Error> {
-        if self.restart.as_deref() == Some("on-exit") {
-            return Err(Error::Conflict(
-                "--proxy restarts on SIGHUP (--restart or --restart=on-hup); \
-                 --restart=on-exit is not supported with --proxy yet",
-            ));
-        }
         let mut options = sd_launch::proxy::Options::new()
             .restart_on_hup(self.restart.is_some())
+            .restart_on_exit(self.restart.as_deref() == Some("on-exit"))
             .socket_mode(self.socket_mode)
             .connect_timeout(self.connect_timeout)
             .stop_timeout(self.stop_timeout);
@@ -517,10 +520,12 @@ impl Args {
             options = options.listen(spec);
         }
         let mut daemon = self.daemon()?.parent_death_signal(libc::SIGKILL);
-        if let Some(timeout) = self.ready {
-            daemon = daemon.ready(timeout);
+        if self.waits() {
+            let wait = self.ready_when.clone().unwrap_or(Wait::Notify);
+            daemon = daemon.wait_until(wait, self.ready_timeout());
         }
-        if self.stderr.is_none() && self.outfile.is_none() {
+        let watch_log = matches!(self.ready_when, Some(Wait::Log(_)));
+        if self.stderr.is_none() && self.outfile.is_none() && !watch_log {
             // Captured (in the background, where it would go to /dev/null, only captured):
             // its tail explains a connection that timed out, or a port taken.
             daemon = daemon.stderr(if self.foreground {

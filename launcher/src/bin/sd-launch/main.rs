@@ -168,24 +168,34 @@ fn accept(args: &Args, pass: Pass) -> Result<i32, Error> {
 
 /// `--proxy`: forward connections to a daemon listening where its templates say. In the
 /// foreground until the daemon exits (its status) or SIGINT/SIGTERM (exit 0); else in a
-/// proxy process of our own, whose pid is printed, while this one exits 0.
+/// proxy process of our own, whose pid is printed, while this one exits 0. Either way the
+/// output is printed once the daemon runs, or, with `--ready`, once it is ready; a daemon
+/// that fails before is an error (exit 5 or 6, said by the proxy process itself in the
+/// background, whose exit code this one then takes).
 fn proxy(args: &Args, foreground: bool) -> Result<i32, Error> {
     let signals = block_signals()?;
     let proxy = args.proxy()?;
-    let serve = |proxy: sd_launch::proxy::Proxy| -> Result<i32, Error> {
-        let proxied = proxy.serve(Some(&signals))?;
-        Ok(proxied.status.map_or(0, supervisor::exit_code))
-    };
     if foreground {
-        print(args, std::process::id(), proxy.sockets())
-            .map_err(|source| output_error(source, "write the output; not proxying"))?;
-        return serve(proxy);
+        let sockets = proxy.sockets().to_vec();
+        let mut printed = Ok(());
+        let stopper = proxy.stopper();
+        let proxied = proxy.serve_with(Some(&signals), |_| {
+            printed = print(args, std::process::id(), &sockets);
+            if printed.is_err() {
+                stopper.stop();
+            }
+        });
+        printed.map_err(|source| output_error(source, "write the output; stopped the proxy"))?;
+        return Ok(proxied?.status.map_or(0, supervisor::exit_code));
     }
+    let (mut ready_rx, ready_tx) =
+        std::os::unix::net::UnixStream::pair().map_err(os("create the readiness channel"))?;
     // SAFETY: fork in a process with one thread (ours): the child runs on with a copy of
     // everything, as a single-threaded process.
     match unsafe { libc::fork() } {
         -1 => Err(os("fork the proxy process")(std::io::Error::last_os_error())),
         0 => {
+            drop(ready_rx);
             // The proxy process: out of the caller's session, and off its stdout, so that
             // `export $(sd-launch --proxy ...)` returns once the parent has printed.
             // SAFETY: setsid takes no arguments; it fails only for a group leader, which a
@@ -202,14 +212,45 @@ fn proxy(args: &Args, foreground: bool) -> Result<i32, Error> {
                 ));
             }
             drop(null);
-            serve(proxy)
+            let mut ready_tx = Some(ready_tx);
+            let proxied = proxy.serve_with(Some(&signals), |_| {
+                // Ready: the parent prints and exits; a closed channel is its news.
+                if let Some(mut tx) = ready_tx.take() {
+                    let _ = tx.write_all(b"R");
+                }
+            })?;
+            Ok(proxied.status.map_or(0, supervisor::exit_code))
         }
         pid => {
-            let printed = print(args, pid as u32, proxy.sockets());
+            drop(ready_tx);
             // The proxy process owns the sockets, the backend directory and the socket
             // files from now on: ours must not remove them on the way out.
+            let sockets = proxy.sockets().to_vec();
             std::mem::forget(proxy);
-            if let Err(source) = printed {
+            let mut byte = [0u8; 1];
+            let ready = loop {
+                match std::io::Read::read(&mut ready_rx, &mut byte) {
+                    Ok(n) => break n == 1,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                    Err(_) => break false,
+                }
+            };
+            if !ready {
+                // The proxy process failed before the daemon was ready, and said why on
+                // stderr: its exit code is ours.
+                let mut status = 0;
+                // SAFETY: waitpid on the child we forked, into a local.
+                while unsafe { libc::waitpid(pid, &mut status, 0) } < 0
+                    && std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted
+                {
+                }
+                return Ok(if libc::WIFEXITED(status) {
+                    libc::WEXITSTATUS(status)
+                } else {
+                    1
+                });
+            }
+            if let Err(source) = print(args, pid as u32, &sockets) {
                 // SAFETY: kill sends a signal to the child we just forked.
                 unsafe { libc::kill(pid, libc::SIGTERM) };
                 return Err(output_error(source, "write the output; stopped the proxy"));

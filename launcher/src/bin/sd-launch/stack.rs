@@ -9,6 +9,11 @@
 //! ready = "http:/healthz"      # notify | accepted[:N] | http:/PATH | log:REGEX
 //! ready_timeout = 30           # seconds
 //! restart = "on-exit"          # or "never" (the default)
+//!
+//! [daemon.cache]                # a daemon that cannot take a socket, behind a proxy
+//! command = ["redis-server", "--port", "0", "--unixsocket", "${backend.path}", "--save", ""]
+//! proxy = true                  # `listen` is then the proxy's; `ready = "accepted"`
+//!                               # means "listens on ${backend...}"
 //! ```
 //!
 //! Decisions:
@@ -58,6 +63,9 @@ struct Daemon {
     restart: RestartPolicy,
     #[serde(default)]
     no_pid: bool,
+    /// Behind a proxy of its own ([`Stack::proxy`]).
+    #[serde(default)]
+    proxy: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -91,18 +99,25 @@ fn read(path: &Path, foreground: bool) -> Result<Stack, Error> {
             "no [daemon.NAME] table: a stack needs at least one daemon".into(),
         ));
     }
-    let base = std::path::absolute(path.parent().unwrap_or(Path::new(".")))
+    // `stack.toml` alone has the parent "": the current directory.
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty());
+    let base = std::path::absolute(dir.unwrap_or(Path::new(".")))
         .map_err(|e| bad(format!("cannot resolve its directory: {e}")))?;
     let mut stack = Stack::new();
     for (name, d) in file.daemon {
         let restart = d.restart == RestartPolicy::OnExit;
+        let proxied = d.proxy;
         let launch =
             daemon(&name, d, &base, foreground).map_err(|(key, reason)| Error::Template {
                 daemon: name.clone(),
                 key,
                 reason,
             })?;
-        stack = stack.daemon(&name, launch);
+        stack = if proxied {
+            stack.proxy(&name, launch)
+        } else {
+            stack.daemon(&name, launch)
+        };
         if restart {
             stack = stack.restart_on_exit(&name);
         }
@@ -326,7 +341,6 @@ fn render(args: &Args, supervisor: u32, running: &RunningStack) -> String {
         Format::Env => {
             let mut out = String::new();
             for name in running.names() {
-                let d = running.get(name).expect("a name of the stack");
                 let var: String = name
                     .chars()
                     .map(|c| {
@@ -340,8 +354,8 @@ fn render(args: &Args, supervisor: u32, running: &RunningStack) -> String {
                 out += &output::render(
                     Format::Env,
                     &format!("{prefix}{var}_"),
-                    d.pid(),
-                    d.sockets(),
+                    running.pid(name).expect("a name of the stack"),
+                    running.sockets(name).expect("a name of the stack"),
                 );
             }
             out + &format!("{prefix}LAUNCHED_PID={supervisor}\n")
@@ -350,8 +364,9 @@ fn render(args: &Args, supervisor: u32, running: &RunningStack) -> String {
             let daemons: serde_json::Map<String, serde_json::Value> = running
                 .names()
                 .map(|n| {
-                    let d = running.get(n).expect("a name of the stack");
-                    (n.to_owned(), output::json(d.pid(), d.sockets()))
+                    let pid = running.pid(n).expect("a name of the stack");
+                    let sockets = running.sockets(n).expect("a name of the stack");
+                    (n.to_owned(), output::json(pid, sockets))
                 })
                 .collect();
             format!(
