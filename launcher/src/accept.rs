@@ -714,7 +714,9 @@ where
             }
             Event::Readable(Key::Child(pid)) => self.reap(pid).map(|()| None),
             Event::Readable(Key::Listener(i)) => self.accept_from(i).map(|()| None),
-            Event::Readable(Key::Notify | Key::Ready(_) | Key::Conn(_) | Key::Proxy(_)) => Ok(None),
+            Event::Readable(
+                Key::Notify | Key::Ready(_) | Key::Conn(_) | Key::Proxy(_) | Key::Backend,
+            ) => Ok(None),
             Event::Signal(sig @ (libc::SIGINT | libc::SIGTERM)) => Ok(Some(Some(sig))),
             Event::Signal(sig) => {
                 if FORWARDED.contains(&sig) {

@@ -343,7 +343,7 @@ impl Stack {
                             }
                             e => stack_error(&name, e),
                         })?;
-                    return Ok((name, Member::Proxied(proxy)));
+                    return Ok((name, Member::Proxied(Box::new(proxy))));
                 }
                 let p = launch.prepare_bound(b).map_err(|e| stack_error(&name, e))?;
                 Ok((name, Member::Direct(p)))
@@ -373,7 +373,7 @@ fn proxy_ended(proxy: &proxy::Running, ended: Result<proxy::Proxied, Error>) -> 
 /// A daemon of a stack, ready to start.
 enum Member {
     Direct(Prepared),
-    Proxied(proxy::Proxy),
+    Proxied(Box<proxy::Proxy>),
 }
 
 /// Where a running daemon's handle is, by the stack's order.

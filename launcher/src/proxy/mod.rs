@@ -32,10 +32,12 @@
 //! How connections are served (one thread, the supervisor's loop, for every connection):
 //! * Each connection is accepted at once and connected to the backend with a non-blocking
 //!   `connect`. While the backend is not listening yet (no socket file: `ENOENT`; nobody
-//!   listening: `ECONNREFUSED`; backlog full: `EAGAIN`) connections wait, in order, and are
-//!   retried on a deadline of the loop, from 1 ms doubling to 50 ms (a retry, not a poll of
-//!   ours: the kernel has no "someone listens now" event to wait for). No client sees a
-//!   refusal while the daemon starts.
+//!   listening: `ECONNREFUSED`; backlog full: `EAGAIN`) connections wait, in order. For a
+//!   Unix backend the kernel says when the socket file appears (inotify on the private
+//!   directory), and they are connected then; otherwise (a TCP backend, or a socket bound
+//!   but not listening yet) the first is retried on a deadline of the loop, from 1 ms
+//!   doubling to 5 ms (the kernel has no "someone listens on this port now" event). No
+//!   client sees a refusal while the daemon starts.
 //! * A daemon launched with a readiness wait ([`Launch::wait_until`], `--ready`,
 //!   `--ready-when`) takes no connection before it is ready (they wait), and
 //!   [`Proxy::spawn`] (and `sd-launch --proxy`) return only then. For a daemon that
@@ -68,7 +70,9 @@
 //!   timeout), is stopped, and the old one serves on.
 //! * With [`Options::restart_on_exit`] (`--restart=on-exit`) a daemon that exits, or is
 //!   not ready in time, is started again on a new backend after a backoff, while the
-//!   public sockets stay open and new connections wait.
+//!   public sockets stay open and new connections wait. Not the first daemon of a launch
+//!   with a readiness wait, before it was ever ready: that is a start that failed, an
+//!   error at once (a command that never works must not loop quietly).
 //! * Streams only: a datagram public socket is an [`Error::Conflict`] (datagrams have no
 //!   connection to forward).
 
@@ -77,7 +81,7 @@ mod flow;
 use std::collections::{HashMap, VecDeque};
 use std::io::{self, Read};
 use std::net::SocketAddr;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::process::ExitStatus;
@@ -127,8 +131,10 @@ const RETRY_FIRST: Duration = Duration::from_millis(1);
 /// How many times a daemon is started again because its TCP port was taken.
 const MAX_PORT_RETRIES: u32 = 5;
 
-/// Retries double up to this.
-const RETRY_MAX: Duration = Duration::from_millis(50);
+/// Retries double up to this: a daemon that listens is reached at most this late (sooner
+/// than the 10 ms poll a test would write), for the cost of one refused connect per 5 ms
+/// while it starts.
+const RETRY_MAX: Duration = Duration::from_millis(5);
 
 /// Where the daemon listens, privately.
 ///
@@ -281,7 +287,8 @@ impl Options {
     /// is told a new backend, after a pause of 100 ms doubling up to 10 s (back to 100 ms
     /// after a daemon that ran 10 s); meanwhile the public sockets stay open and new
     /// connections wait for it, as at the start. Connections the old one had are closed
-    /// (it took their state with it).
+    /// (it took their state with it). A first daemon launched with a readiness wait that
+    /// exits before it was ever ready is not restarted: [`serve`](Proxy::serve) fails.
     ///
     /// ```
     /// let options = sd_launch::proxy::Options::new().restart_on_exit(true);
@@ -336,6 +343,7 @@ impl Options {
         drop(daemon.take_sockets());
         let template = daemon.no_pid(true);
         let dir = private_dir(kind)?;
+        let appeared = dir.as_ref().map(|d| watch_dir(d.path())).transpose()?;
         let backend = backend_for(kind, dir.as_ref(), 0)?;
         let daemon = expand(&template, &backend, &peers)?;
         daemon.find_program()?;
@@ -368,6 +376,7 @@ impl Options {
             backend,
             kind,
             _dir: dir,
+            appeared,
             template,
             peers,
             daemon,
@@ -428,6 +437,8 @@ pub struct Proxy {
     kind: SocketKind,
     /// The private directory of a Unix backend, removed last.
     _dir: Option<tempfile::TempDir>,
+    /// Readable when a file appears in it (inotify): a daemon bound its backend socket.
+    appeared: Option<OwnedFd>,
     /// The daemon with its templates, for each new backend of a restart.
     template: Launch,
     /// The other daemons' sockets, by name, for its templates (a stack's).
@@ -980,6 +991,51 @@ fn backend_kind(daemon: &Launch) -> Result<SocketKind, Error> {
 
 fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
     haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+/// An inotify fd that is readable when a file is created in (or moved into) `dir`: for a
+/// Unix backend, the kernel's event for "the daemon bound its socket", so that waiting
+/// connections try at once instead of on their next retry. (`listen` follows `bind`: a
+/// connection that comes in between is refused and retried 1 ms later.)
+fn watch_dir(dir: &std::path::Path) -> Result<OwnedFd, Error> {
+    use std::os::unix::ffi::OsStrExt;
+    let os = |source| Error::Os {
+        context: "watch the backend's directory",
+        source,
+    };
+    // SAFETY: inotify_init1 takes flags only and returns a new fd or -1.
+    let fd = unsafe { libc::inotify_init1(libc::IN_NONBLOCK | libc::IN_CLOEXEC) };
+    if fd < 0 {
+        return Err(os(io::Error::last_os_error()));
+    }
+    // SAFETY: inotify_init1 returned a new fd that nothing else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let path = std::ffi::CString::new(dir.as_os_str().as_bytes())
+        .map_err(|_| os(io::Error::from(io::ErrorKind::InvalidInput)))?;
+    // SAFETY: `path` is a NUL-terminated string that outlives the call; `fd` is ours.
+    let wd = unsafe {
+        libc::inotify_add_watch(
+            fd.as_raw_fd(),
+            path.as_ptr(),
+            libc::IN_CREATE | libc::IN_MOVED_TO,
+        )
+    };
+    if wd < 0 {
+        return Err(os(io::Error::last_os_error()));
+    }
+    Ok(fd)
+}
+
+/// Read (and forget) every pending event of an inotify fd.
+fn drain_events(fd: &OwnedFd) {
+    let mut buf = [0u8; 4096];
+    for _ in 0..64 {
+        // SAFETY: read into our buffer of `buf.len()` bytes; the fd is non-blocking.
+        let n = unsafe { libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+        if n <= 0 {
+            return;
+        }
+    }
 }
 
 /// The private directory of a Unix backend (mode 0700: only we, and the daemon, our user,
@@ -1766,6 +1822,9 @@ impl Policy for Forward<'_, '_> {
 
     fn watch(&self, watch: &mut Watch) {
         watch.add(Key::Stop, self.proxy.stop_rx.as_raw_fd());
+        if let Some(fd) = &self.proxy.appeared {
+            watch.add(Key::Backend, fd.as_raw_fd());
+        }
         // The current daemon is gone while a restart waits: nothing of it to watch.
         let current = Some(&self.current).filter(|_| self.restart_at.is_none());
         if let Some(g) = current {
@@ -1913,6 +1972,24 @@ impl Policy for Forward<'_, '_> {
             }
             Event::Readable(Key::Ready(i)) => {
                 self.look(i, true)?;
+                Ok(None)
+            }
+            Event::Readable(Key::Backend) => {
+                if let Some(fd) = &self.proxy.appeared {
+                    drain_events(fd);
+                }
+                // A backend socket appeared: waiting connections try now, and a gate that
+                // waits for it to listen looks now.
+                if self.retry_at.is_some() {
+                    self.delay = RETRY_FIRST;
+                    self.connect_waiting();
+                }
+                if self.restart_at.is_none() && self.current.gate.is_some() {
+                    self.look(0, false)?;
+                }
+                if self.next.is_some() {
+                    self.look(1, false)?;
+                }
                 Ok(None)
             }
             Event::Readable(Key::Notify | Key::Proxy(_)) => Ok(None),

@@ -51,6 +51,8 @@ pub(crate) enum Key {
     Conn(u64),
     /// The proxy of a stack's daemon `i`: its serving has ended.
     Proxy(usize),
+    /// The proxy's private backend directory: a socket file appeared in it.
+    Backend,
 }
 
 /// One thing that happened.

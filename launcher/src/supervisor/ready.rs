@@ -441,8 +441,9 @@ impl Strategy {
                     Ok(false) => {}
                     Err(e) => tracing::debug!("cannot tell whether {address} listens: {e}"),
                 }
+                // As often as the proxy retries a connection: at most 5 ms late.
                 *sample_at = Instant::now() + *pause;
-                *pause = (*pause * 2).min(MAX_PAUSE);
+                *pause = (*pause * 2).min(Duration::from_millis(5));
                 Ok(false)
             }
         }

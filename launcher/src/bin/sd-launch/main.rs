@@ -218,6 +218,7 @@ fn proxy(args: &Args, foreground: bool) -> Result<i32, Error> {
                 if let Some(mut tx) = ready_tx.take() {
                     let _ = tx.write_all(b"R");
                 }
+                let_go_of_a_piped_stderr();
             })?;
             Ok(proxied.status.map_or(0, supervisor::exit_code))
         }
@@ -257,6 +258,25 @@ fn proxy(args: &Args, foreground: bool) -> Result<i32, Error> {
             }
             Ok(0)
         }
+    }
+}
+
+/// The background proxy process keeps the caller's stderr for its log when it is a file or
+/// a terminal, but not a pipe or a socket: whoever reads that (`$(...) 2>&1`, a test's
+/// `Command::output()`) would wait for its end as long as the proxy runs. Its later
+/// messages then go nowhere (`--foreground` shows them).
+fn let_go_of_a_piped_stderr() {
+    use std::os::unix::fs::FileTypeExt;
+    let Ok(meta) = std::fs::metadata("/proc/self/fd/2") else {
+        return;
+    };
+    let kind = meta.file_type();
+    if !(kind.is_fifo() || kind.is_socket()) {
+        return;
+    }
+    if let Ok(null) = std::fs::OpenOptions::new().write(true).open("/dev/null") {
+        // SAFETY: dup2 of an fd we own onto fd 2, ours.
+        unsafe { libc::dup2(std::os::fd::AsRawFd::as_raw_fd(&null), 2) };
     }
 }
 
