@@ -1,6 +1,7 @@
 //! `sd-launch --proxy`: daemons that do not speak LISTEN_FDS, behind sockets whose address is
 //! known before they start and that a client can connect to at once; with a readiness wait
-//! (`--ready`, `--ready-when`) the launch and the connections wait for the daemon. Real
+//! (`--ready`, `--ready-when`) the launch and the connections wait for the daemon, and with
+//! `--restart=on-exit` a daemon that exits is started again behind the same port. Real
 //! daemons (Redis, memcached, demo-server binding its own `--listen`, small Python
 //! servers), the real CLI, loopback and Unix traffic only; each test stops what it started.
 
@@ -1009,4 +1010,96 @@ fn in_the_foreground_with_ready_it_prints_once_the_daemon_sent_ready_then_serves
         exit_within(&mut child, Duration::from_secs(20)).expect("sd-launch exits on SIGTERM");
     assert_eq!(status.code(), Some(0), "stopped by SIGTERM");
     assert_eq!(left_running(&marker), Vec::<u32>::new(), "left running");
+}
+
+/// A server in Python on the Unix path `sys.argv[1]` that answers each connection with
+/// its pid and closes it.
+const PID_SERVER: &str = "import os,socket,sys\n\
+     s=socket.socket(socket.AF_UNIX); s.bind(sys.argv[1]); s.listen(128)\n\
+     while True:\n\
+     \x20   c,_=s.accept(); c.sendall(b'pid=%d' % os.getpid()); c.close()\n";
+
+/// Connect to `addr` and read the `pid=N` reply of [`PID_SERVER`].
+fn served_by(addr: SocketAddr) -> u32 {
+    pid_in_reply(TcpStream::connect(addr).unwrap())
+}
+
+/// Read the `pid=N` reply of [`PID_SERVER`] on `c`, to its end.
+fn pid_in_reply(mut c: TcpStream) -> u32 {
+    c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut reply = String::new();
+    c.read_to_string(&mut reply).unwrap();
+    reply
+        .strip_prefix("pid=")
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("reply {reply:?}"))
+}
+
+#[test]
+fn restart_on_exit_serves_a_client_waiting_for_a_daemon_that_exited_by_its_next_start() {
+    if tool("python3", "python3").is_none() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (first, go) = (dir.path().join("first"), dir.path().join("go"));
+    // First start: never listens, and exits 1 once the test says so (at most 30 s).
+    // Second start: the server, on the new backend it is told.
+    let script = "if [ -e \"$1\" ]; then exec python3 -c \"$3\" \"$0\"; fi; : > \"$1\"; \
+                  i=0; while [ ! -e \"$2\" ] && [ $i -lt 600 ]; do sleep 0.05; i=$((i+1)); done; \
+                  exit 1";
+    let proxy = Background::start(&[
+        OsStr::new("--restart=on-exit"),
+        OsStr::new("--"),
+        OsStr::new("sh"),
+        OsStr::new("-c"),
+        OsStr::new(script),
+        OsStr::new("${backend.path}"),
+        first.as_os_str(),
+        go.as_os_str(),
+        OsStr::new(PID_SERVER),
+    ]);
+    // Connected while the first daemon runs (and never listens); then it exits.
+    let waiting = TcpStream::connect(proxy.addr()).unwrap();
+    std::fs::write(&go, "").unwrap();
+    let second = pid_in_reply(waiting);
+    let log = proxy.log();
+    assert!(
+        log.contains("exited (exit status: 1); starting it again in 100ms ("),
+        "{log}"
+    );
+    assert!(
+        log.contains(&format!("restarted: new pid {second}")),
+        "{log}"
+    );
+    // The same public port, the same daemon from now on.
+    assert_eq!(served_by(proxy.addr()), second, "{}", proxy.log());
+}
+
+#[test]
+fn restart_on_exit_replaces_a_killed_daemon_behind_the_same_port() {
+    if tool("python3", "python3").is_none() {
+        return;
+    }
+    let proxy = Background::start(&[
+        "--restart=on-exit",
+        "--",
+        "python3",
+        "-c",
+        PID_SERVER,
+        "${backend.path}",
+    ]);
+    let first = served_by(proxy.addr());
+    assert_eq!(children(proxy.pid), [first], "the proxy's daemon");
+    // SAFETY: kill(2) on the daemon this test's proxy started (its child, checked above).
+    unsafe { libc::kill(first as libc::pid_t, libc::SIGKILL) };
+    assert!(wait_gone(first));
+    // The next client waits for the new daemon, on the same port.
+    let second = served_by(proxy.addr());
+    assert_ne!(second, first, "{}", proxy.log());
+    assert_eq!(served_by(proxy.addr()), second);
+    let log = proxy.log();
+    assert!(
+        log.contains(&format!("(pid {first}) exited (signal: 9")),
+        "{log}"
+    );
 }
