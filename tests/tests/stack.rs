@@ -686,3 +686,34 @@ fn a_library_stack_proxies_a_daemon_whose_public_address_the_others_are_told() {
         "the proxied daemon is stopped with the stack"
     );
 }
+
+#[test]
+fn a_stack_file_named_without_a_directory_is_found_in_the_current_one() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("stack.toml"),
+        "[daemon.db]\ncommand = [\"sh\", \"-c\", \"pwd > where.txt; exec sleep 300\"]\nlisten = [\"./db.sock\"]\n",
+    )
+    .unwrap();
+    // `sd-launch --stack stack.toml`, run from its directory.
+    let out = Command::new(bin("sd-launch"))
+        .args(["--stack", "stack.toml"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{}: {err}", out.status);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let supervisor: u32 = var(&text, "LAUNCHED_PID").parse().unwrap();
+    let _guard = Reap(supervisor);
+    // Relative paths are relative to that directory, and the daemon runs there.
+    assert!(dir.path().join("db.sock").exists());
+    let here = std::fs::canonicalize(dir.path()).unwrap();
+    assert_eq!(
+        line_in(&dir.path().join("where.txt")),
+        format!("{}\n", here.display())
+    );
+    kill(supervisor);
+    assert!(wait_gone_within(supervisor, Duration::from_secs(20)));
+    assert!(!dir.path().join("db.sock").exists(), "removed at the end");
+}
