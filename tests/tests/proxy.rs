@@ -1,7 +1,9 @@
 //! `sd-launch --proxy`: daemons that do not speak LISTEN_FDS, behind sockets whose address is
-//! known before they start and that a client can connect to at once. Real daemons (Redis,
-//! memcached, demo-server binding its own `--listen`), the real CLI, loopback and Unix
-//! traffic only; each test stops what it started.
+//! known before they start and that a client can connect to at once; with a readiness wait
+//! (`--ready`, `--ready-when`) the launch and the connections wait for the daemon, and with
+//! `--restart=on-exit` a daemon that exits is started again behind the same port. Real
+//! daemons (Redis, memcached, demo-server binding its own `--listen`, small Python
+//! servers), the real CLI, loopback and Unix traffic only; each test stops what it started.
 
 use sd_launch_tests::{ChildGuard, bin, get_tcp, tool, wait_gone};
 use std::ffi::{OsStr, OsString};
@@ -158,6 +160,140 @@ fn send(addr: SocketAddr, request: &[u8], end: &[u8]) -> std::io::Result<Vec<u8>
             return Ok(reply);
         }
     }
+}
+
+/// A marker unique to this test run and `test`, for [`left_running`]: pass it as an
+/// argument or in the environment of what a test starts.
+fn marker(test: &str) -> String {
+    format!("sd-launch-test-{}-{test}", std::process::id())
+}
+
+/// The processes with `marker` in an argument or an environment variable: the daemons a
+/// test started, and the sd-launch processes that started them (their arguments hold it).
+fn with_marker(marker: &str) -> Vec<u32> {
+    let has = |pid: u32, file: &str| {
+        std::fs::read(format!("/proc/{pid}/{file}")).is_ok_and(|text| {
+            text.split(|b| *b == 0)
+                .any(|arg| arg.windows(marker.len()).any(|w| w == marker.as_bytes()))
+        })
+    };
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&pid| sd_launch_tests::alive(pid) && (has(pid, "cmdline") || has(pid, "environ")))
+        .collect()
+}
+
+/// Wait (30 s at most) until no process with `marker` runs; those left otherwise.
+fn left_running(marker: &str) -> Vec<u32> {
+    let end = Instant::now() + Duration::from_secs(30);
+    loop {
+        let left = with_marker(marker);
+        if left.is_empty() || Instant::now() >= end {
+            return left;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The children of process `pid`.
+fn children(pid: u32) -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|child| {
+            std::fs::read_to_string(format!("/proc/{child}/stat")).is_ok_and(|stat| {
+                // pid (comm) state ppid ...: the fields after the parenthesised name.
+                stat.rsplit_once(')')
+                    .and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<u32>().ok())
+                    == Some(pid)
+            })
+        })
+        .collect()
+}
+
+/// The arguments of process `pid`.
+fn cmdline(pid: u32) -> Vec<String> {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .unwrap_or_default()
+        .split(|b| *b == 0)
+        .filter(|a| !a.is_empty())
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect()
+}
+
+/// Whether a Unix stream socket listens on `path`, by the kernel's table (no connection:
+/// the daemon sees nothing).
+fn unix_listening(path: &str) -> bool {
+    // Num RefCount Protocol Flags Type St Inode Path; Flags 00010000 is __SO_ACCEPTCON.
+    std::fs::read_to_string("/proc/net/unix")
+        .unwrap()
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .any(|f| f.len() == 8 && f[3] == "00010000" && f[7] == path)
+}
+
+/// `sd-launch --proxy ARGS` run to its end (a launch expected to fail: it returns once
+/// the readiness wait has ended, bounded by the wait's own timeout).
+fn launch<S: AsRef<OsStr>>(args: &[S]) -> std::process::Output {
+    Command::new(bin("sd-launch"))
+        .arg("--proxy")
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+/// A daemon in Python that listens where it is told (a Unix path) at once, and becomes
+/// ready `delay` seconds later: it then prints "ready to serve" and sends READY=1 when it
+/// has a `NOTIFY_SOCKET`. Each connection is answered "early" before that, "ready" after,
+/// and closed.
+fn ready_later(delay: &str) -> Vec<String> {
+    [
+        "python3",
+        "-c",
+        "import os,socket,sys,threading\n\
+         ready=threading.Event()\n\
+         def become_ready():\n\
+         \x20   ready.set(); print('ready to serve', flush=True)\n\
+         \x20   a=os.environ.get('NOTIFY_SOCKET')\n\
+         \x20   if a:\n\
+         \x20       n=socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)\n\
+         \x20       n.sendto(b'READY=1', '\\0'+a[1:] if a[0]=='@' else a)\n\
+         s=socket.socket(socket.AF_UNIX); s.bind(sys.argv[1]); s.listen(128)\n\
+         threading.Timer(float(sys.argv[2]), become_ready).start()\n\
+         while True:\n\
+         \x20   c,_=s.accept(); c.sendall(b'ready' if ready.is_set() else b'early'); c.close()\n",
+        "${backend.path}",
+        delay,
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
+/// A client on the Unix socket `path`, in a thread: it connects as soon as the socket
+/// takes connections (retrying, 30 s at most), then reads the reply to its end. It
+/// returns when it was connected, and the reply.
+fn client_as_soon_as_it_listens(path: PathBuf) -> std::thread::JoinHandle<(Instant, String)> {
+    std::thread::spawn(move || {
+        let end = Instant::now() + Duration::from_secs(30);
+        let mut c = loop {
+            match std::os::unix::net::UnixStream::connect(&path) {
+                Ok(c) => break c,
+                Err(e) if Instant::now() >= end => panic!("{}: {e}", path.display()),
+                Err(_) => std::thread::sleep(Duration::from_millis(2)),
+            }
+        };
+        let connected = Instant::now();
+        c.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        let mut reply = String::new();
+        c.read_to_string(&mut reply).unwrap();
+        (connected, reply)
+    })
 }
 
 #[test]
@@ -608,5 +744,362 @@ fn postgresql_answers_psql_at_once_behind_the_proxy() {
         "{}\n{}",
         String::from_utf8_lossy(&out.stderr),
         proxy.log()
+    );
+}
+
+#[test]
+fn ready_when_accepted_returns_only_once_the_daemon_listens_on_its_backend() {
+    if tool("python3", "python3").is_none() {
+        return;
+    }
+    // The daemon binds its backend 0.3 s after it starts.
+    let started = Instant::now();
+    let args = [
+        &["--ready-when=accepted".to_string(), "--".to_string()],
+        &upper_after_eof("0.3")[..],
+    ]
+    .concat();
+    let proxy = Background::start(&args);
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(300),
+        "returned after {took:?}"
+    );
+    // It listens now: its backend, named in its arguments, takes a connection directly.
+    let daemon = children(proxy.pid);
+    assert_eq!(daemon.len(), 1, "the proxy's children: {daemon:?}");
+    let args = cmdline(daemon[0]);
+    let backend = args
+        .iter()
+        .position(|a| a == "-c")
+        .and_then(|i| args.get(i + 2))
+        .unwrap_or_else(|| panic!("no backend path in {args:?}"));
+    assert!(
+        unix_listening(backend),
+        "the backend {backend} does not listen"
+    );
+    // And a client through the proxy is served.
+    let mut c = TcpStream::connect(proxy.addr()).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    c.write_all(b"listening").unwrap();
+    c.shutdown(Shutdown::Write).unwrap();
+    let mut reply = String::new();
+    c.read_to_string(&mut reply).unwrap();
+    assert_eq!(reply, "LISTENING", "{}", proxy.log());
+}
+
+#[test]
+fn redis_launched_with_ready_when_accepted_answers_ping() {
+    let (Some(_), Some(redis_cli)) = (
+        tool("redis-server", "redis-server"),
+        tool("redis-cli", "redis-tools"),
+    ) else {
+        return;
+    };
+    let proxy = Background::start(&[
+        "--ready-when=accepted",
+        "--",
+        "redis-server",
+        "--port",
+        "0",
+        "--unixsocket",
+        "${backend.path}",
+        "--save",
+        "",
+    ]);
+    let out = Command::new(redis_cli)
+        .args(["-p", &proxy.port.to_string(), "ping"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "PONG\n",
+        "{}",
+        proxy.log()
+    );
+    let reply = send(proxy.addr(), b"PING\r\n", b"\r\n").unwrap();
+    assert_eq!(reply, b"+PONG\r\n");
+}
+
+#[test]
+fn a_daemon_that_exits_before_it_is_ready_fails_the_launch_with_exit_5_and_its_stderr_tail() {
+    let marker = marker("exits-before-ready");
+    let out = launch(&[
+        "--ready",
+        "--",
+        "sh",
+        "-c",
+        "echo 'cannot read redis.conf' >&2; exit 3",
+        "${backend.path}",
+        &marker,
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(5), "{err}");
+    assert!(
+        err.contains("sh exited before it was ready (exit status: 3)"),
+        "{err}"
+    );
+    assert!(err.contains("cannot read redis.conf"), "its tail: {err}");
+    assert!(
+        out.stdout.is_empty(),
+        "nothing printed: {:?}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert_eq!(left_running(&marker), Vec::<u32>::new(), "left running");
+}
+
+#[test]
+fn a_daemon_not_ready_in_time_fails_the_launch_with_exit_6_and_nothing_left_running() {
+    let marker = marker("never-listens");
+    let started = Instant::now();
+    let out = launch(&[
+        "--ready=0.5",
+        "--ready-when=accepted",
+        "--",
+        "sh",
+        "-c",
+        "sleep 300",
+        "${backend.path}",
+        &marker,
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(6), "{err}");
+    assert!(started.elapsed() >= Duration::from_millis(500));
+    assert!(
+        err.contains("did not listen on its backend within 500ms"),
+        "it says what it waited for: {err}"
+    );
+    assert!(out.stdout.is_empty());
+    // Neither the proxy process nor the daemon (nor the `sleep` it runs) is left.
+    assert_eq!(left_running(&marker), Vec::<u32>::new(), "left running");
+}
+
+#[test]
+fn ready_when_http_returns_once_get_over_the_backend_answers_2xx() {
+    // demo-server binds its own --listen 0.3 s after it starts.
+    let started = Instant::now();
+    let proxy = Background::start(&[
+        OsStr::new("--ready-when=http:/healthz"),
+        OsStr::new("--"),
+        OsStr::new("sh"),
+        OsStr::new("-c"),
+        OsStr::new("sleep 0.3; exec \"$0\" --listen \"$1\""),
+        bin("demo-server").as_os_str(),
+        OsStr::new("${backend.addr}"),
+    ]);
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(300),
+        "returned after {took:?}"
+    );
+    let r = get_tcp(proxy.addr(), "/healthz").unwrap();
+    assert_eq!(
+        (r.status, r.body.as_str()),
+        (200, "ok\n"),
+        "{}",
+        proxy.log()
+    );
+}
+
+#[test]
+fn an_http_wait_never_answered_with_2xx_fails_with_exit_6_naming_the_path() {
+    let marker = marker("http-404");
+    let out = launch(&[
+        OsStr::new("--ready=1"),
+        OsStr::new("--ready-when=http:/no-such-page"),
+        OsStr::new("--setenv"),
+        OsStr::new(&format!("TEST_MARKER={marker}")),
+        OsStr::new("--"),
+        bin("demo-server").as_os_str(),
+        OsStr::new("--listen"),
+        OsStr::new("${backend.addr}"),
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(6), "{err}");
+    assert!(
+        err.contains("did not answer GET /no-such-page with 2xx"),
+        "{err}"
+    );
+    assert!(out.stdout.is_empty());
+    assert_eq!(left_running(&marker), Vec::<u32>::new(), "left running");
+}
+
+#[test]
+fn ready_when_log_holds_connections_until_the_line_in_the_background() {
+    if tool("python3", "python3").is_none() {
+        return;
+    }
+    // A public Unix socket, whose path is known before sd-launch prints: a client can
+    // connect while the daemon is still starting.
+    let dir = tempfile::tempdir().unwrap();
+    let public = dir.path().join("public.sock");
+    let client = client_as_soon_as_it_listens(public.clone());
+    let args = [
+        &[
+            "-l".to_string(),
+            "127.0.0.1:0".to_string(),
+            "-l".to_string(),
+            public.to_str().unwrap().to_string(),
+            "--ready-when=log:^ready to serve$".to_string(),
+            "--".to_string(),
+        ],
+        &ready_later("0.5")[..],
+    ]
+    .concat();
+    let started = Instant::now();
+    let proxy = Background::start(&args);
+    let returned = Instant::now();
+    assert!(returned - started >= Duration::from_millis(500));
+    let (connected, reply) = client.join().unwrap();
+    assert!(
+        connected < returned,
+        "the client connected while it started"
+    );
+    assert_eq!(reply, "ready", "it waited for the line\n{}", proxy.log());
+    assert_eq!(
+        send(proxy.addr(), b"", b"ready").unwrap(),
+        b"ready",
+        "and TCP clients are served too"
+    );
+}
+
+#[test]
+fn in_the_foreground_with_ready_it_prints_once_the_daemon_sent_ready_then_serves() {
+    if tool("python3", "python3").is_none() {
+        return;
+    }
+    let marker = marker("foreground-ready");
+    let dir = tempfile::tempdir().unwrap();
+    let public = dir.path().join("public.sock");
+    let client = client_as_soon_as_it_listens(public.clone());
+    let mut args = vec![
+        "-l".to_string(),
+        "127.0.0.1:0".to_string(),
+        "-l".to_string(),
+        public.to_str().unwrap().to_string(),
+        "--ready".to_string(),
+        // The daemon's stdout would be ours (the test's pipe) in the foreground.
+        "--outfile".to_string(),
+        dir.path().join("daemon.log").to_str().unwrap().to_string(),
+        "--setenv".to_string(),
+        format!("TEST_MARKER={marker}"),
+        "--".to_string(),
+    ];
+    args.extend(ready_later("0.5"));
+    let log = dir.path().join("log");
+    let started = Instant::now();
+    let (mut child, addr) = foreground(&args, &log);
+    let printed = Instant::now();
+    assert!(
+        printed - started >= Duration::from_millis(500),
+        "printed after {:?}",
+        printed - started
+    );
+    let (connected, reply) = client.join().unwrap();
+    assert!(connected < printed, "the client connected while it started");
+    assert_eq!(reply, "ready", "it waited for READY=1");
+    assert_eq!(send(addr, b"", b"ready").unwrap(), b"ready", "it serves");
+    assert!(
+        exit_within(&mut child, Duration::ZERO).is_none(),
+        "still in the foreground"
+    );
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(child.0.id() as libc::pid_t, libc::SIGTERM) };
+    let status =
+        exit_within(&mut child, Duration::from_secs(20)).expect("sd-launch exits on SIGTERM");
+    assert_eq!(status.code(), Some(0), "stopped by SIGTERM");
+    assert_eq!(left_running(&marker), Vec::<u32>::new(), "left running");
+}
+
+/// A server in Python on the Unix path `sys.argv[1]` that answers each connection with
+/// its pid and closes it.
+const PID_SERVER: &str = "import os,socket,sys\n\
+     s=socket.socket(socket.AF_UNIX); s.bind(sys.argv[1]); s.listen(128)\n\
+     while True:\n\
+     \x20   c,_=s.accept(); c.sendall(b'pid=%d' % os.getpid()); c.close()\n";
+
+/// Connect to `addr` and read the `pid=N` reply of [`PID_SERVER`].
+fn served_by(addr: SocketAddr) -> u32 {
+    pid_in_reply(TcpStream::connect(addr).unwrap())
+}
+
+/// Read the `pid=N` reply of [`PID_SERVER`] on `c`, to its end.
+fn pid_in_reply(mut c: TcpStream) -> u32 {
+    c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut reply = String::new();
+    c.read_to_string(&mut reply).unwrap();
+    reply
+        .strip_prefix("pid=")
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("reply {reply:?}"))
+}
+
+#[test]
+fn restart_on_exit_serves_a_client_waiting_for_a_daemon_that_exited_by_its_next_start() {
+    if tool("python3", "python3").is_none() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (first, go) = (dir.path().join("first"), dir.path().join("go"));
+    // First start: never listens, and exits 1 once the test says so (at most 30 s).
+    // Second start: the server, on the new backend it is told.
+    let script = "if [ -e \"$1\" ]; then exec python3 -c \"$3\" \"$0\"; fi; : > \"$1\"; \
+                  i=0; while [ ! -e \"$2\" ] && [ $i -lt 600 ]; do sleep 0.05; i=$((i+1)); done; \
+                  exit 1";
+    let proxy = Background::start(&[
+        OsStr::new("--restart=on-exit"),
+        OsStr::new("--"),
+        OsStr::new("sh"),
+        OsStr::new("-c"),
+        OsStr::new(script),
+        OsStr::new("${backend.path}"),
+        first.as_os_str(),
+        go.as_os_str(),
+        OsStr::new(PID_SERVER),
+    ]);
+    // Connected while the first daemon runs (and never listens); then it exits.
+    let waiting = TcpStream::connect(proxy.addr()).unwrap();
+    std::fs::write(&go, "").unwrap();
+    let second = pid_in_reply(waiting);
+    let log = proxy.log();
+    assert!(
+        log.contains("exited (exit status: 1); starting it again in 100ms ("),
+        "{log}"
+    );
+    assert!(
+        log.contains(&format!("restarted: new pid {second}")),
+        "{log}"
+    );
+    // The same public port, the same daemon from now on.
+    assert_eq!(served_by(proxy.addr()), second, "{}", proxy.log());
+}
+
+#[test]
+fn restart_on_exit_replaces_a_killed_daemon_behind_the_same_port() {
+    if tool("python3", "python3").is_none() {
+        return;
+    }
+    let proxy = Background::start(&[
+        "--restart=on-exit",
+        "--",
+        "python3",
+        "-c",
+        PID_SERVER,
+        "${backend.path}",
+    ]);
+    let first = served_by(proxy.addr());
+    assert_eq!(children(proxy.pid), [first], "the proxy's daemon");
+    // SAFETY: kill(2) on the daemon this test's proxy started (its child, checked above).
+    unsafe { libc::kill(first as libc::pid_t, libc::SIGKILL) };
+    assert!(wait_gone(first));
+    // The next client waits for the new daemon, on the same port.
+    let second = served_by(proxy.addr());
+    assert_ne!(second, first, "{}", proxy.log());
+    assert_eq!(served_by(proxy.addr()), second);
+    let log = proxy.log();
+    assert!(
+        log.contains(&format!("(pid {first}) exited (signal: 9")),
+        "{log}"
     );
 }

@@ -1,5 +1,7 @@
 //! Stacks: every socket of every daemon bound first, then every daemon started at once, each
-//! told the others' addresses, with no start-up order (`sd-launch --stack`, `sd_launch::Stack`).
+//! told the others' addresses, with no start-up order (`sd-launch --stack`, `sd_launch::Stack`);
+//! a daemon that cannot take a socket (Redis) behind a proxy of its own (`proxy = true`,
+//! `Stack::proxy`), its public sockets named by the others as usual.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -401,4 +403,317 @@ fn a_killed_supervisor_leaves_no_daemon_behind() {
             "daemon {pid} outlived its supervisor"
         );
     }
+}
+
+/// Wait (20 s at most) until `file` holds a whole line; its text then (or what it has).
+fn line_in(file: &Path) -> String {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let text = std::fs::read_to_string(file).unwrap_or_default();
+        if text.ends_with('\n') || std::time::Instant::now() >= deadline {
+            return text;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn redis_behind_a_proxy_of_its_own_is_called_by_another_daemon_while_both_start() {
+    let (Some(_), Some(redis_cli)) = (
+        sd_launch_tests::tool("redis-server", "redis-server"),
+        sd_launch_tests::tool("redis-cli", "redis-tools"),
+    ) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("stack.toml");
+    std::fs::write(
+        &file,
+        r#"
+[daemon.cache]
+command = ["redis-server", "--port", "0", "--unixsocket", "${backend.path}", "--save", ""]
+proxy = true
+
+[daemon.app]
+command = ["sh", "-c", "redis-cli -p \"$REDIS_PORT\" ping > pong.txt; exec sleep 300"]
+env = { REDIS_PORT = "${cache.port}" }
+"#,
+    )
+    .unwrap();
+    let out = sd_launch_stack(&file, &[]);
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let supervisor: u32 = var(&text, "LAUNCHED_PID").parse().unwrap();
+    let _guard = Reap(supervisor);
+    let cache_port = var(&text, "CACHE_PORT");
+    let pids: Vec<u32> = ["CACHE_PID", "APP_PID"]
+        .iter()
+        .map(|k| var(&text, k).parse().unwrap())
+        .collect();
+    // The app's redis-cli connected at once, and waited in the proxy until redis listened.
+    assert_eq!(line_in(&dir.path().join("pong.txt")), "PONG\n");
+    // CACHE_PORT is the proxy's public port; CACHE_PID is redis itself.
+    let cli = |args: &[&str]| {
+        let out = Command::new(&redis_cli)
+            .args(["-p", cache_port])
+            .args(args)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert_eq!(cli(&["set", "greeting", "hello"]), "OK\n");
+    assert_eq!(cli(&["get", "greeting"]), "hello\n");
+    let comm = std::fs::read_to_string(format!("/proc/{}/comm", pids[0])).unwrap();
+    assert!(comm.starts_with("redis-server"), "CACHE_PID is {comm:?}");
+    kill(supervisor);
+    for pid in pids.iter().chain([&supervisor]) {
+        assert!(
+            wait_gone_within(*pid, Duration::from_secs(20)),
+            "pid {pid} left running"
+        );
+    }
+}
+
+#[test]
+fn a_proxied_daemon_with_restart_on_exit_is_started_again_behind_the_same_port() {
+    let (Some(_), Some(redis_cli)) = (
+        sd_launch_tests::tool("redis-server", "redis-server"),
+        sd_launch_tests::tool("redis-cli", "redis-tools"),
+    ) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("stack.toml");
+    // Its first start exits 1 at once; the second is redis, on the new backend it is told.
+    std::fs::write(
+        &file,
+        r#"
+[daemon.cache]
+command = ["sh", "-c", "if [ -e first ]; then exec redis-server --port 0 --unixsocket \"$0\" --save ''; fi; : > first; exit 1", "${backend.path}"]
+proxy = true
+restart = "on-exit"
+"#,
+    )
+    .unwrap();
+    let out = sd_launch_stack(&file, &[]);
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let supervisor: u32 = var(&text, "LAUNCHED_PID").parse().unwrap();
+    let _guard = Reap(supervisor);
+    let first: u32 = var(&text, "CACHE_PID").parse().unwrap();
+    // The client waits in the proxy while the daemon is started again.
+    let out = Command::new(&redis_cli)
+        .args(["-p", var(&text, "CACHE_PORT"), "info", "server"])
+        .output()
+        .unwrap();
+    let info = String::from_utf8_lossy(&out.stdout);
+    let serving: u32 = info
+        .lines()
+        .find_map(|l| l.strip_prefix("process_id:"))
+        .unwrap_or_else(|| panic!("no process_id in {info:?}"))
+        .trim()
+        .parse()
+        .unwrap();
+    assert_ne!(
+        serving, first,
+        "CACHE_PID is the first start's, which exited"
+    );
+    assert!(wait_gone_within(first, Duration::ZERO));
+    assert!(
+        !wait_gone_within(supervisor, Duration::ZERO),
+        "the stack goes on"
+    );
+    kill(supervisor);
+    assert!(wait_gone_within(serving, Duration::from_secs(20)));
+}
+
+#[test]
+fn a_daemon_named_backend_next_to_a_proxied_daemon_is_an_error_and_starts_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("stack.toml");
+    std::fs::write(
+        &file,
+        r#"
+[daemon.backend]
+command = ["sh", "-c", ": > started-backend; exec sleep 300"]
+
+[daemon.cache]
+command = ["sh", "-c", ": > started-cache; exec sleep 300", "${backend.path}"]
+proxy = true
+"#,
+    )
+    .unwrap();
+    let out = sd_launch_stack(&file, &[]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("daemon backend: name:") && err.contains("give this daemon another name"),
+        "{err}"
+    );
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    assert!(out.stdout.is_empty());
+    for started in ["started-backend", "started-cache"] {
+        assert!(!dir.path().join(started).exists(), "{started}");
+    }
+}
+
+#[test]
+fn a_proxied_daemon_never_told_its_backend_is_an_error_and_starts_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("stack.toml");
+    std::fs::write(
+        &file,
+        r#"
+[daemon.cache]
+command = ["sh", "-c", ": > started; exec sleep 300"]
+proxy = true
+"#,
+    )
+    .unwrap();
+    let out = sd_launch_stack(&file, &[]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("daemon cache: proxy: the daemon is never told where to listen"),
+        "{err}"
+    );
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    assert!(out.stdout.is_empty());
+    assert!(!dir.path().join("started").exists());
+}
+
+#[test]
+fn a_proxied_daemon_that_exits_ends_a_foreground_stack_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("stack.toml");
+    std::fs::write(
+        &file,
+        r#"
+[daemon.flaky]
+command = ["sh", "-c", "sleep 0.3; exit 4", "${backend.path}"]
+proxy = true
+
+[daemon.long]
+command = ["sleep", "300"]
+"#,
+    )
+    .unwrap();
+    let out = sd_launch_stack(&file, &["--foreground", "--format", "json"]);
+    assert_eq!(out.status.code(), Some(5), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("daemon flaky") && err.contains("exit status: 4"),
+        "{err}"
+    );
+    // The output, printed when the stack was up, covers the proxied daemon too.
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let flaky = &v["daemons"]["flaky"];
+    let port = flaky["sockets"][0]["port"]
+        .as_u64()
+        .expect("its public port") as u16;
+    let pids = [&flaky["pid"], &v["daemons"]["long"]["pid"]].map(|p| p.as_u64().unwrap() as u32);
+    for pid in pids {
+        assert!(wait_gone(pid), "pid {pid} left running");
+    }
+    let refused = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap_err();
+    assert_eq!(
+        refused.kind(),
+        std::io::ErrorKind::ConnectionRefused,
+        "its public socket is closed"
+    );
+}
+
+/// A daemon in Python that binds the Unix path `sys.argv[1]` after `sys.argv[2]` seconds and
+/// answers each connection, once the client has sent its end, with what it read
+/// upper-cased.
+const UPPER: &str = "import socket,sys,time\n\
+     time.sleep(float(sys.argv[2]))\n\
+     s=socket.socket(socket.AF_UNIX); s.bind(sys.argv[1]); s.listen(128)\n\
+     while True:\n\
+     \x20   c,_=s.accept(); d=b''\n\
+     \x20   while True:\n\
+     \x20       b=c.recv(65536)\n\
+     \x20       if not b: break\n\
+     \x20       d+=b\n\
+     \x20   c.sendall(d.upper()); c.close()\n";
+
+#[test]
+fn a_library_stack_proxies_a_daemon_whose_public_address_the_others_are_told() {
+    use std::io::{Read, Write};
+    if sd_launch_tests::tool("python3", "python3").is_none() {
+        return;
+    }
+    let started = std::time::Instant::now();
+    let stack = Stack::new()
+        .proxy(
+            "upper",
+            Launch::new("python3")
+                .args(["-c", UPPER, "${backend.path}", "0.3"])
+                .wait_until(Wait::accepted(0), Duration::from_secs(20)),
+        )
+        .daemon(
+            "app",
+            Launch::new("sh")
+                .args(["-c", "echo \"upper=$UPPER\"; exec sleep 30"])
+                .env("UPPER", "${upper.addr}")
+                .wait_until(Wait::log("^upper=").unwrap(), Duration::from_secs(10)),
+        )
+        .spawn()
+        .unwrap();
+    // `accepted` of a proxied daemon: it listens on its backend (0.3 s after it started).
+    assert!(started.elapsed() >= Duration::from_millis(300));
+    let proxy = stack.proxy("upper").expect("a proxied daemon");
+    let public = proxy.local_addr(0);
+    assert_eq!(
+        stack.get("app").unwrap().stdout().unwrap(),
+        format!("upper={public}\n")
+    );
+    assert_eq!(stack.sockets("upper").unwrap()[0].inet(), Some(public));
+    assert!(stack.get("upper").is_none(), "no direct handle");
+    assert!(stack.proxy("app").is_none(), "not proxied");
+    let pid = stack.pid("upper").unwrap();
+    assert_eq!(pid, proxy.daemon_pid());
+    let mut c = std::net::TcpStream::connect(public).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    c.write_all(b"through the proxy").unwrap();
+    c.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut reply = String::new();
+    c.read_to_string(&mut reply).unwrap();
+    assert_eq!(reply, "THROUGH THE PROXY");
+    drop(stack);
+    assert!(
+        wait_gone(pid),
+        "the proxied daemon is stopped with the stack"
+    );
+}
+
+#[test]
+fn a_stack_file_named_without_a_directory_is_found_in_the_current_one() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("stack.toml"),
+        "[daemon.db]\ncommand = [\"sh\", \"-c\", \"pwd > where.txt; exec sleep 300\"]\nlisten = [\"./db.sock\"]\n",
+    )
+    .unwrap();
+    // `sd-launch --stack stack.toml`, run from its directory.
+    let out = Command::new(bin("sd-launch"))
+        .args(["--stack", "stack.toml"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{}: {err}", out.status);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let supervisor: u32 = var(&text, "LAUNCHED_PID").parse().unwrap();
+    let _guard = Reap(supervisor);
+    // Relative paths are relative to that directory, and the daemon runs there.
+    assert!(dir.path().join("db.sock").exists());
+    let here = std::fs::canonicalize(dir.path()).unwrap();
+    assert_eq!(
+        line_in(&dir.path().join("where.txt")),
+        format!("{}\n", here.display())
+    );
+    kill(supervisor);
+    assert!(wait_gone_within(supervisor, Duration::from_secs(20)));
+    assert!(!dir.path().join("db.sock").exists(), "removed at the end");
 }
