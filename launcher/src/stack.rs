@@ -186,7 +186,7 @@ impl Stack {
                         first_error.get_or_insert(stack_error(&name, e));
                     }
                 },
-                Member::Direct(p) => plans.push((name, p)),
+                Member::Direct(p) => plans.push((name, *p)),
             }
         }
         let mut kept = Vec::new();
@@ -346,7 +346,7 @@ impl Stack {
                     return Ok((name, Member::Proxied(Box::new(proxy))));
                 }
                 let p = launch.prepare_bound(b).map_err(|e| stack_error(&name, e))?;
-                Ok((name, Member::Direct(p)))
+                Ok((name, Member::Direct(Box::new(p))))
             })
             .collect()
     }
@@ -372,7 +372,7 @@ fn proxy_ended(proxy: &proxy::Running, ended: Result<proxy::Proxied, Error>) -> 
 
 /// A daemon of a stack, ready to start.
 enum Member {
-    Direct(Prepared),
+    Direct(Box<Prepared>),
     Proxied(Box<proxy::Proxy>),
 }
 
