@@ -1103,3 +1103,54 @@ fn restart_on_exit_replaces_a_killed_daemon_behind_the_same_port() {
         "{log}"
     );
 }
+
+#[test]
+fn a_reader_of_its_piped_stderr_sees_the_end_once_the_proxy_is_ready() {
+    // `Command::output()`, `$(sd-launch ... 2>&1)`: the reader waits for the end of stderr
+    // too, so the proxy process must not keep a pipe as its stderr while it runs.
+    let mut child = ChildGuard(
+        Command::new(bin("sd-launch"))
+            .args([
+                "--proxy",
+                "--",
+                "sh",
+                "-c",
+                "exec sleep 30",
+                "${backend.path}",
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let mut out = String::new();
+    child
+        .0
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
+    let pid: u32 = out
+        .lines()
+        .find_map(|l| l.strip_prefix("LAUNCHED_PID="))
+        .unwrap_or_else(|| panic!("no LAUNCHED_PID in {out:?}"))
+        .parse()
+        .unwrap();
+    let mut stderr = child.0.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = stderr.read_to_string(&mut text);
+        let _ = tx.send(text);
+    });
+    let ended = rx.recv_timeout(Duration::from_secs(10));
+    // SAFETY: kill(2) on the proxy process this test started (its pid was printed).
+    unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
+    assert!(wait_gone(pid), "the proxy did not exit on SIGTERM");
+    assert!(
+        ended.is_ok(),
+        "stderr stayed open while the proxy ran: a reader of it would wait for ever"
+    );
+}
