@@ -31,8 +31,11 @@ pub(crate) struct Capture {
 #[derive(Debug)]
 struct Shared {
     streams: Mutex<[Stream; 2]>,
-    /// Notified when a stream reaches end of file.
+    /// Notified after each read and when a stream reaches end of file.
     drained: Condvar,
+    /// The read ends of the pipes (owned by the reader thread, which sets `done` before it
+    /// closes one): looked at only with `streams` locked.
+    read_ends: [RawFd; 2],
     /// Signalled after each chunk read.
     wake: OwnedFd,
 }
@@ -80,11 +83,6 @@ impl Capture {
         let mut streams: [Stream; 2] = Default::default();
         streams[0].done = !stdout;
         streams[1].done = !stderr;
-        let shared = Arc::new(Shared {
-            streams: Mutex::new(streams),
-            drained: Condvar::new(),
-            wake,
-        });
         let mut readers = Vec::new();
         let mut writers = Writers {
             stdout: None,
@@ -102,6 +100,16 @@ impl Capture {
                 Which::Stderr => writers.stderr = Some(w),
             }
         }
+        let mut read_ends = [-1; 2];
+        for (which, r, _) in &readers {
+            read_ends[*which as usize] = r.as_raw_fd();
+        }
+        let shared = Arc::new(Shared {
+            streams: Mutex::new(streams),
+            drained: Condvar::new(),
+            read_ends,
+            wake,
+        });
         let thread_shared = Arc::clone(&shared);
         std::thread::Builder::new()
             .name(format!("sd-launch output of {program}"))
@@ -146,14 +154,20 @@ impl Capture {
         String::from_utf8_lossy(&bytes).into_owned()
     }
 
-    /// Wait (at most a second: a descendant may hold the pipe open) until everything
-    /// written to `which` has been read.
+    /// Wait (at most a second) until everything written to `which` so far has been read:
+    /// the stream ended, or its pipe is empty (the reader reads only with the streams
+    /// locked, so an empty pipe means every byte is in the tail). Not the end of file: a
+    /// descendant, or the plan of a daemon that restarts, may hold the pipe open.
     pub(crate) fn wait_drained(&self, which: Which) {
+        let i = which as usize;
+        let fd = self.shared.read_ends[i];
         let streams = self.streams();
         let _ = self
             .shared
             .drained
-            .wait_timeout_while(streams, Duration::from_secs(1), |s| !s[which as usize].done);
+            .wait_timeout_while(streams, Duration::from_secs(1), |s| {
+                !s[i].done && unread(fd) != Some(0)
+            });
     }
 
     /// Bytes read so far from `which` (kept or not).
@@ -191,6 +205,17 @@ pub(crate) fn last_lines(text: &str, max: usize) -> Option<String> {
     (!tail.is_empty()).then(|| tail.to_owned())
 }
 
+/// Bytes waiting in a pipe (`None`: it cannot be told, or there is no pipe).
+fn unread(fd: RawFd) -> Option<usize> {
+    if fd < 0 {
+        return None;
+    }
+    let mut n: libc::c_int = 0;
+    // SAFETY: FIONREAD writes one int into our local.
+    let r = unsafe { libc::ioctl(fd, libc::FIONREAD, &mut n) };
+    (r == 0).then_some(n as usize)
+}
+
 fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
     let mut fds = [0; 2];
     // SAFETY: pipe2 writes two new fds into our array.
@@ -222,20 +247,23 @@ fn read_all(shared: &Shared, mut readers: Vec<(Which, OwnedFd, Option<std::fs::F
                 continue;
             }
             let (which, fd, copy) = &readers[i];
+            // Read with the streams locked (the pipe is readable: this does not block), so
+            // that an empty pipe tells `wait_drained` every byte is in the tail.
+            let mut streams = shared.streams.lock().unwrap_or_else(|e| e.into_inner());
             // SAFETY: read into our buffer, at most its length.
             let n = unsafe { libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
             if n > 0 {
-                if let Some(mut copy) = copy.as_ref() {
-                    // A copy that fails (a closed terminal) is dropped: capturing goes on.
-                    let _ = std::io::Write::write_all(&mut copy, &buf[..n as usize]);
-                }
-                let mut streams = shared.streams.lock().unwrap_or_else(|e| e.into_inner());
                 let stream = &mut streams[*which as usize];
                 stream.total += n as u64;
                 stream.tail.extend(&buf[..n as usize]);
                 let excess = stream.tail.len().saturating_sub(KEEP);
                 stream.tail.drain(..excess);
                 drop(streams);
+                shared.drained.notify_all();
+                if let Some(mut copy) = copy.as_ref() {
+                    // A copy that fails (a closed terminal) is dropped: capturing goes on.
+                    let _ = std::io::Write::write_all(&mut copy, &buf[..n as usize]);
+                }
                 let one = 1u64;
                 // SAFETY: adding 1 to our eventfd's counter from a local.
                 unsafe { libc::write(shared.wake.as_raw_fd(), (&raw const one).cast(), 8) };
@@ -244,10 +272,12 @@ fn read_all(shared: &Shared, mut readers: Vec<(Which, OwnedFd, Option<std::fs::F
             }
         }
         for i in closed.into_iter().rev() {
-            let (which, _, _) = readers.remove(i);
             let mut streams = shared.streams.lock().unwrap_or_else(|e| e.into_inner());
-            streams[which as usize].done = true;
+            streams[readers[i].0 as usize].done = true;
             shared.drained.notify_all();
+            // Closed only now, `done` set: `wait_drained` never looks at a closed fd.
+            drop(readers.remove(i));
+            drop(streams);
         }
     }
 }
@@ -263,6 +293,34 @@ mod tests {
         assert!(t.ends_with("line 999") && t.starts_with("line "), "{t}");
         assert!(t.len() <= 2048);
         assert_eq!(last_lines("  \n", 10), None);
+    }
+
+    #[test]
+    fn what_was_written_is_whole_while_another_holder_keeps_the_pipe_open() {
+        use std::io::Write;
+        use std::sync::atomic::{AtomicBool, Ordering};
+        // The plan of a daemon that restarts keeps the write end for the next one: the
+        // tail of the one that exited must not wait for that end to close.
+        let (capture, writers) = Capture::start([None, Some(None)], "test").unwrap();
+        let mut w = std::fs::File::from(writers.stderr.unwrap());
+        w.write_all(b"bad\n").unwrap();
+        let closed = Arc::new(AtomicBool::new(false));
+        let closer = {
+            let closed = Arc::clone(&closed);
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(500));
+                closed.store(true, Ordering::SeqCst);
+                drop(w);
+            })
+        };
+        capture.wait_drained(Which::Stderr);
+        let early = !closed.load(Ordering::SeqCst);
+        assert_eq!(capture.text(Which::Stderr), "bad\n");
+        closer.join().unwrap();
+        assert!(
+            early,
+            "wait_drained waited for the other holder to close the pipe"
+        );
     }
 
     #[test]
