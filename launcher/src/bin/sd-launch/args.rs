@@ -38,6 +38,11 @@ Examples:
   Wait until the daemon answers before printing (no READY=1 needed):
     export $(sd-launch --ready-when=http:/healthz -- my-daemon)
 
+  A daemon that cannot take a socket, behind a proxy (the address is known at once):
+    export $(sd-launch --proxy -- redis-server --port 0 --unixsocket '${backend.path}' --save '')
+    export $(sd-launch --proxy --ready -- postgres -D data -h 127.0.0.1 -p '${backend.port}' -k '')
+    sd-launch --proxy --restart=on-exit --ready-when=accepted -- memcached -s '${backend.path}'
+
   A stack of daemons, every socket bound first, each told the others' addresses:
     export $(sd-launch --stack stack.toml)             # API_PORT=..., WEB_PORT=..., LAUNCHED_PID=...
     kill $LAUNCHED_PID                                 # stops every daemon of the stack
