@@ -1364,20 +1364,17 @@ impl Forward<'_, '_> {
     /// waiting for it wait for the new one.
     fn new_port(&mut self, status: ExitStatus) -> Result<(), Error> {
         self.port_retries += 1;
-        self.generations += 1;
-        let proxy = self.proxy;
-        let backend = backend_for(proxy.kind, proxy._dir.as_ref(), self.generations)?;
+        let new = self.start_next(false)?;
         tracing::warn!(
-            "{} exited ({status}): another process took its port {}; starting it again on \
-             {backend:?}",
+            "{} exited ({status}): another process took its port {}; started it again on \
+             {:?}",
             self.current.daemon.program(),
             match &self.current.backend {
                 Backend::Tcp(a) => a.port(),
                 Backend::Unix(_) => 0,
-            }
+            },
+            new.backend,
         );
-        let launch = expand(&proxy.template, &backend, &proxy.peers)?;
-        let new = proxy.start(launch, backend, self.generations, false)?;
         let old = std::mem::replace(&mut self.current, new);
         // Connections under way to the old port go back to waiting, for the new one.
         for (n, conn) in &mut self.conns {
@@ -1653,21 +1650,20 @@ impl Forward<'_, '_> {
         self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
     }
 
+    /// A new daemon on the next backend (the next path, or a new port); `replacing` the
+    /// current one (a `SIGHUP` restart), or after it (it is gone).
+    fn start_next(&mut self, replacing: bool) -> Result<Generation, Error> {
+        self.generations += 1;
+        let proxy = self.proxy;
+        let backend = backend_for(proxy.kind, proxy._dir.as_ref(), self.generations)?;
+        let launch = expand(&proxy.template, &backend, &proxy.peers)?;
+        proxy.start(launch, backend, self.generations, replacing)
+    }
+
     /// Start the daemon again after it exited, on a new backend.
     fn restart_after_exit(&mut self) -> Result<(), Error> {
         self.restart_at = None;
-        self.generations += 1;
-        let proxy = self.proxy;
-        let started =
-            backend_for(proxy.kind, proxy._dir.as_ref(), self.generations).and_then(|backend| {
-                proxy.start(
-                    expand(&proxy.template, &backend, &proxy.peers)?,
-                    backend,
-                    self.generations,
-                    false,
-                )
-            });
-        match started {
+        match self.start_next(false) {
             Ok(generation) => {
                 tracing::info!("restarted: new pid {}", generation.daemon.pid());
                 self.current = generation;
@@ -1698,18 +1694,7 @@ impl Forward<'_, '_> {
             );
             return Ok(());
         }
-        self.generations += 1;
-        let proxy = self.proxy;
-        let started =
-            backend_for(proxy.kind, proxy._dir.as_ref(), self.generations).and_then(|backend| {
-                proxy.start(
-                    expand(&proxy.template, &backend, &proxy.peers)?,
-                    backend,
-                    self.generations,
-                    true,
-                )
-            });
-        match started {
+        match self.start_next(true) {
             Ok(generation) => {
                 tracing::info!(
                     "SIGHUP: started pid {} on a new backend; pid {} serves until it is ready",
