@@ -431,3 +431,18 @@ impl Drop for Supervised {
         drop(PidGuard(self.pid));
     }
 }
+
+/// A daemon in Python (`python3 -c UPPER_AFTER_EOF PATH DELAY`) that binds the Unix path
+/// `PATH` after `DELAY` seconds and answers each connection, once the client has sent its
+/// end, with what it read upper-cased: a real process that listens late, for the proxy's
+/// tests.
+pub const UPPER_AFTER_EOF: &str = "import socket,sys,time\n\
+     time.sleep(float(sys.argv[2]))\n\
+     s=socket.socket(socket.AF_UNIX); s.bind(sys.argv[1]); s.listen(128)\n\
+     while True:\n\
+     \x20   c,_=s.accept(); d=b''\n\
+     \x20   while True:\n\
+     \x20       b=c.recv(65536)\n\
+     \x20       if not b: break\n\
+     \x20       d+=b\n\
+     \x20   c.sendall(d.upper()); c.close()\n";

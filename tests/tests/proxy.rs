@@ -129,16 +129,7 @@ fn upper_after_eof(delay: &str) -> Vec<String> {
     [
         "python3",
         "-c",
-        "import socket,sys,time\n\
-         time.sleep(float(sys.argv[2]))\n\
-         s=socket.socket(socket.AF_UNIX); s.bind(sys.argv[1]); s.listen(128)\n\
-         while True:\n\
-         \x20   c,_=s.accept(); d=b''\n\
-         \x20   while True:\n\
-         \x20       b=c.recv(65536)\n\
-         \x20       if not b: break\n\
-         \x20       d+=b\n\
-         \x20   c.sendall(d.upper()); c.close()\n",
+        sd_launch_tests::UPPER_AFTER_EOF,
         "${backend.path}",
         delay,
     ]

@@ -192,10 +192,7 @@ fn fifty_demo_servers_start_at_once_and_all_answer() {
 
 #[test]
 fn a_daemon_that_dies_at_start_stops_the_stack_with_its_stderr_tail() {
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("stack.toml");
-    std::fs::write(
-        &file,
+    let (_dir, file) = stack_file(
         r#"
 [daemon.api]
 command = ["demo-server"]
@@ -205,8 +202,7 @@ ready = "http:/healthz"
 command = ["sh", "-c", "echo 'cannot open db.sqlite' >&2; exit 3"]
 ready = "accepted"
 "#,
-    )
-    .unwrap();
+    );
     let out = sd_launch_stack(&file, &[]);
     assert_eq!(out.status.code(), Some(5), "{out:?}");
     let err = String::from_utf8_lossy(&out.stderr);
@@ -405,6 +401,20 @@ fn a_killed_supervisor_leaves_no_daemon_behind() {
     }
 }
 
+/// `text` as `stack.toml` in a new temporary directory (which the daemons run in).
+fn stack_file(text: &str) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("stack.toml");
+    std::fs::write(&file, text).unwrap();
+    (dir, file)
+}
+
+/// redis-server and redis-cli (the path of redis-cli), or a loud skip.
+fn redis_tools() -> Option<PathBuf> {
+    sd_launch_tests::tool("redis-server", "redis-server")?;
+    sd_launch_tests::tool("redis-cli", "redis-tools")
+}
+
 /// Wait (20 s at most) until `file` holds a whole line; its text then (or what it has).
 fn line_in(file: &Path) -> String {
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
@@ -419,16 +429,10 @@ fn line_in(file: &Path) -> String {
 
 #[test]
 fn redis_behind_a_proxy_of_its_own_is_called_by_another_daemon_while_both_start() {
-    let (Some(_), Some(redis_cli)) = (
-        sd_launch_tests::tool("redis-server", "redis-server"),
-        sd_launch_tests::tool("redis-cli", "redis-tools"),
-    ) else {
+    let Some(redis_cli) = redis_tools() else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("stack.toml");
-    std::fs::write(
-        &file,
+    let (dir, file) = stack_file(
         r#"
 [daemon.cache]
 command = ["redis-server", "--port", "0", "--unixsocket", "${backend.path}", "--save", ""]
@@ -438,8 +442,7 @@ proxy = true
 command = ["sh", "-c", "redis-cli -p \"$REDIS_PORT\" ping > pong.txt; exec sleep 300"]
 env = { REDIS_PORT = "${cache.port}" }
 "#,
-    )
-    .unwrap();
+    );
     let out = sd_launch_stack(&file, &[]);
     assert!(out.status.success(), "{out:?}");
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
@@ -476,25 +479,18 @@ env = { REDIS_PORT = "${cache.port}" }
 
 #[test]
 fn a_proxied_daemon_with_restart_on_exit_is_started_again_behind_the_same_port() {
-    let (Some(_), Some(redis_cli)) = (
-        sd_launch_tests::tool("redis-server", "redis-server"),
-        sd_launch_tests::tool("redis-cli", "redis-tools"),
-    ) else {
+    let Some(redis_cli) = redis_tools() else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("stack.toml");
     // Its first start exits 1 at once; the second is redis, on the new backend it is told.
-    std::fs::write(
-        &file,
+    let (_dir, file) = stack_file(
         r#"
 [daemon.cache]
 command = ["sh", "-c", "if [ -e first ]; then exec redis-server --port 0 --unixsocket \"$0\" --save ''; fi; : > first; exit 1", "${backend.path}"]
 proxy = true
 restart = "on-exit"
 "#,
-    )
-    .unwrap();
+    );
     let out = sd_launch_stack(&file, &[]);
     assert!(out.status.success(), "{out:?}");
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
@@ -529,10 +525,7 @@ restart = "on-exit"
 
 #[test]
 fn a_daemon_named_backend_next_to_a_proxied_daemon_is_an_error_and_starts_nothing() {
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("stack.toml");
-    std::fs::write(
-        &file,
+    let (dir, file) = stack_file(
         r#"
 [daemon.backend]
 command = ["sh", "-c", ": > started-backend; exec sleep 300"]
@@ -541,8 +534,7 @@ command = ["sh", "-c", ": > started-backend; exec sleep 300"]
 command = ["sh", "-c", ": > started-cache; exec sleep 300", "${backend.path}"]
 proxy = true
 "#,
-    )
-    .unwrap();
+    );
     let out = sd_launch_stack(&file, &[]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");
@@ -559,17 +551,13 @@ proxy = true
 
 #[test]
 fn a_proxied_daemon_never_told_its_backend_is_an_error_and_starts_nothing() {
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("stack.toml");
-    std::fs::write(
-        &file,
+    let (dir, file) = stack_file(
         r#"
 [daemon.cache]
 command = ["sh", "-c", ": > started; exec sleep 300"]
 proxy = true
 "#,
-    )
-    .unwrap();
+    );
     let out = sd_launch_stack(&file, &[]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");
@@ -584,10 +572,7 @@ proxy = true
 
 #[test]
 fn a_proxied_daemon_that_exits_ends_a_foreground_stack_naming_it() {
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("stack.toml");
-    std::fs::write(
-        &file,
+    let (_dir, file) = stack_file(
         r#"
 [daemon.flaky]
 command = ["sh", "-c", "sleep 0.3; exit 4", "${backend.path}"]
@@ -596,8 +581,7 @@ proxy = true
 [daemon.long]
 command = ["sleep", "300"]
 "#,
-    )
-    .unwrap();
+    );
     let out = sd_launch_stack(&file, &["--foreground", "--format", "json"]);
     assert_eq!(out.status.code(), Some(5), "{out:?}");
     let err = String::from_utf8_lossy(&out.stderr);
@@ -623,20 +607,6 @@ command = ["sleep", "300"]
     );
 }
 
-/// A daemon in Python that binds the Unix path `sys.argv[1]` after `sys.argv[2]` seconds and
-/// answers each connection, once the client has sent its end, with what it read
-/// upper-cased.
-const UPPER: &str = "import socket,sys,time\n\
-     time.sleep(float(sys.argv[2]))\n\
-     s=socket.socket(socket.AF_UNIX); s.bind(sys.argv[1]); s.listen(128)\n\
-     while True:\n\
-     \x20   c,_=s.accept(); d=b''\n\
-     \x20   while True:\n\
-     \x20       b=c.recv(65536)\n\
-     \x20       if not b: break\n\
-     \x20       d+=b\n\
-     \x20   c.sendall(d.upper()); c.close()\n";
-
 #[test]
 fn a_library_stack_proxies_a_daemon_whose_public_address_the_others_are_told() {
     use std::io::{Read, Write};
@@ -648,7 +618,12 @@ fn a_library_stack_proxies_a_daemon_whose_public_address_the_others_are_told() {
         .proxy(
             "upper",
             Launch::new("python3")
-                .args(["-c", UPPER, "${backend.path}", "0.3"])
+                .args([
+                    "-c",
+                    sd_launch_tests::UPPER_AFTER_EOF,
+                    "${backend.path}",
+                    "0.3",
+                ])
                 .wait_until(Wait::accepted(0), Duration::from_secs(20)),
         )
         .daemon(
