@@ -1,9 +1,12 @@
 //! One direction of a proxied connection: bytes from a source socket to a destination
-//! socket, through a pipe with `splice(2)` (the bytes never enter our memory), or, where a
-//! pipe cannot be had or the kernel cannot splice these sockets, by copying: what one
-//! `recv` brings into the proxy's scratch buffer (shared by every flow: one thread) is sent
-//! on at once, and only what the destination did not take is kept, in the flow's own
-//! memory, until it does.
+//! socket. A flow starts by copying: what one `recv` brings into the proxy's scratch buffer
+//! (shared by every flow: one thread) is sent on at once, and only what the destination
+//! did not take is kept, in the flow's own memory, until it does. For the small messages of
+//! most protocols (a Redis `PING`, an HTTP request) that is the cheapest there is: two
+//! syscalls per message, no pipe to create. A flow that reads a lot at once (at least
+//! [`BULK`]) is a bulk transfer: it switches to `splice(2)` through a pipe of its own, and
+//! those bytes never enter our memory. It copies on where no pipe can be had or the kernel
+//! cannot splice these sockets.
 //!
 //! A flow never blocks and never spins: it says which readiness it waits for
 //! ([`Flow::wants_read`] on the source, [`Flow::wants_write`] on the destination), the loop
@@ -20,6 +23,9 @@ use socket2::Socket;
 
 /// Size of the scratch buffer that copying flows read into (a pipe's default capacity).
 pub(super) const SCRATCH: usize = 64 * 1024;
+
+/// A read of at least this much makes a flow a bulk transfer: it splices from then on.
+pub(super) const BULK: usize = 16 * 1024;
 
 /// The buffer every copying flow reads into, and sends from at once.
 pub(super) fn scratch() -> Box<[u8]> {
@@ -51,14 +57,16 @@ pub(super) struct Flow {
     /// A splice into the pipe would block although the pipe holds less than its capacity
     /// (its slots are taken by small packets): read again once some of it is written.
     full: bool,
+    /// A bulk read was seen: splice once the bytes kept are written.
+    bulk: bool,
     /// Never splice: no pipe could be had, or these sockets cannot splice.
     copy_only: bool,
 }
 
 impl Flow {
-    /// A flow through a new pipe; copying if no pipe can be had (out of fds).
+    /// A flow that copies (until it sees a bulk read).
     pub(super) fn new() -> Flow {
-        let mut flow = Flow {
+        Flow {
             buffer: Buffer::Copy {
                 pending: Vec::new(),
                 start: 0,
@@ -66,25 +74,9 @@ impl Flow {
             eof: false,
             shut: false,
             full: false,
+            bulk: false,
             copy_only: false,
-        };
-        match pipe() {
-            Ok((read, write)) => {
-                // SAFETY: F_GETPIPE_SZ reads a property of the pipe we own; no memory.
-                let cap = unsafe { libc::fcntl(read.as_raw_fd(), libc::F_GETPIPE_SZ) };
-                flow.buffer = Buffer::Pipe {
-                    read,
-                    write,
-                    len: 0,
-                    cap: usize::try_from(cap).unwrap_or(4096).max(1),
-                };
-            }
-            Err(e) => {
-                tracing::debug!("no pipe for a proxied connection ({e}): copying instead");
-                flow.copy_only = true;
-            }
         }
-        flow
     }
 
     /// Whether the bytes move through a pipe (zero-copy) rather than our memory.
@@ -155,10 +147,33 @@ impl Flow {
         Ok(self.writable(dst)? | self.readable(src, dst, scratch)?)
     }
 
-    /// After a read or a write: pass the end on once everything before it was written.
-    /// Returns whether it was passed on now.
+    /// After a read or a write: pass the end on once everything before it was written,
+    /// and start splicing once a bulk transfer has nothing kept in our memory. Returns
+    /// whether the end was passed on now.
     fn settle(&mut self, dst: &Socket) -> bool {
-        if self.eof && !self.shut && self.len() == 0 {
+        if self.len() > 0 {
+            return false;
+        }
+        if self.bulk && !self.copy_only && matches!(self.buffer, Buffer::Copy { .. }) {
+            self.bulk = false;
+            match pipe() {
+                Ok((read, write)) => {
+                    // SAFETY: F_GETPIPE_SZ reads a property of the pipe we own; no memory.
+                    let cap = unsafe { libc::fcntl(read.as_raw_fd(), libc::F_GETPIPE_SZ) };
+                    self.buffer = Buffer::Pipe {
+                        read,
+                        write,
+                        len: 0,
+                        cap: usize::try_from(cap).unwrap_or(4096).max(1),
+                    };
+                }
+                Err(e) => {
+                    tracing::debug!("no pipe for a proxied connection ({e}): copying on");
+                    self.copy_only = true;
+                }
+            }
+        }
+        if self.eof && !self.shut {
             // The peer may have gone meanwhile (ENOTCONN): nothing left to tell it.
             let _ = dst.shutdown(std::net::Shutdown::Write);
             self.shut = true;
@@ -176,6 +191,7 @@ impl Flow {
                 Some(n) => {
                     let sent = would_block(send(dst, &scratch[..n]))?.unwrap_or(0);
                     pending.extend_from_slice(&scratch[sent..n]);
+                    self.bulk |= n >= BULK;
                     n
                 }
             },
@@ -312,19 +328,40 @@ mod tests {
     }
 
     #[test]
-    fn bytes_and_the_end_pass_through_a_pipe() {
+    fn small_messages_are_copied_bulk_is_spliced_and_the_end_passes() {
         let (mut client, src) = pair();
         let (mut server, dst) = pair();
         let scratch = &mut scratch();
         let mut flow = Flow::new();
-        assert!(flow.spliced(), "a Unix socket pair splices");
         client.write_all(b"hello").unwrap();
-        client.shutdown(std::net::Shutdown::Write).unwrap();
         settle(&mut flow, &src, &dst, scratch);
+        assert!(!flow.spliced(), "a small message is copied");
+        let mut got = [0u8; 5];
+        server.read_exact(&mut got).unwrap();
+        assert_eq!(&got, b"hello");
+        // More than one read takes at once (the socket buffer holds it all): a bulk read.
+        let bulk: Vec<u8> = (0..100_000u32).map(|i| i as u8).collect();
+        client.write_all(&bulk).unwrap();
+        client.shutdown(std::net::Shutdown::Write).unwrap();
+        let reader = std::thread::spawn(move || {
+            let mut got = Vec::new();
+            server.read_to_end(&mut got).unwrap(); // ends: the half-close was passed on
+            got
+        });
+        let mut spliced = false;
+        for _ in 0..100_000 {
+            flow.step(&src, &dst, scratch).unwrap();
+            spliced |= flow.spliced();
+            if flow.done() {
+                break;
+            }
+        }
         assert!(flow.done());
-        let mut got = String::new();
-        server.read_to_string(&mut got).unwrap(); // ends: the half-close was passed on
-        assert_eq!(got, "hello");
+        assert!(
+            spliced,
+            "a Unix socket pair splices, once the flow is a bulk transfer"
+        );
+        assert_eq!(reader.join().unwrap(), bulk);
     }
 
     #[test]
@@ -371,10 +408,7 @@ mod tests {
         let (mut server, dst) = pair();
         let scratch = &mut scratch();
         let mut flow = Flow::new();
-        flow.buffer = Buffer::Copy {
-            pending: Vec::new(),
-            start: 0,
-        }; // as when no pipe could be had
+        flow.copy_only = true; // as when no pipe could be had
         let bulk = vec![1u8; 100_000];
         client.write_all(&bulk).unwrap();
         drop(client);

@@ -48,9 +48,11 @@
 //!   for it), changed only when that changes: the wait does not grow with the number of
 //!   connections, and an event says which socket is ready, for what, so that only that
 //!   direction moves: one read, and one write of what it read.
-//! * Bytes move both ways with `splice(2)` through a pipe per direction (zero-copy), or
-//!   through a 64 KiB scratch buffer where that cannot be (sent on as soon as read; only
-//!   what the peer did not take is kept); a side is only read while its peer has room
+//! * Bytes move both ways through a 64 KiB scratch buffer (shared: one thread), sent on as
+//!   soon as read, so that a small message (a Redis `PING`, an HTTP request) costs two
+//!   syscalls; only what the peer did not take is kept, per direction. A direction that
+//!   reads 16 KiB or more at once is a bulk transfer: it moves on with `splice(2)` through
+//!   a pipe of its own (zero-copy). A side is only read while its peer has room
 //!   (backpressure); an end (`EOF`) is passed on as `shutdown(SHUT_WR)` (half-close); an
 //!   error on either side closes both.
 //! * The daemon is supervised as in the foreground: `SIGINT` and `SIGTERM` stop serving
