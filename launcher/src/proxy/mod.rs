@@ -50,10 +50,18 @@
 //! * A connection the backend has not accepted within the
 //!   [connect timeout](Options::connect_timeout) (default [`DEFAULT_CONNECT_TIMEOUT`], 30 s)
 //!   is closed, and the log says why, with the end of the daemon's stderr.
-//! * Bytes move both ways with `splice(2)` through a pipe per direction (zero-copy), or
-//!   through a 64 KiB buffer where that cannot be; a side is only read while its peer has
-//!   room (backpressure); an end (`EOF`) is passed on as `shutdown(SHUT_WR)` (half-close);
-//!   an error on either side closes both.
+//! * The connections' sockets stay in one `epoll` set of the loop (a supervisor `Set`), each waited
+//!   for as its flows want (readable while its peer has room, writable while bytes wait
+//!   for it), changed only when that changes: the wait does not grow with the number of
+//!   connections, and an event says which socket is ready, for what, so that only that
+//!   direction moves: one read, and one write of what it read.
+//! * Bytes move both ways through a 64 KiB scratch buffer (shared: one thread), sent on as
+//!   soon as read, so that a small message (a Redis `PING`, an HTTP request) costs two
+//!   syscalls; only what the peer did not take is kept, per direction. A direction that
+//!   reads 16 KiB or more at once is a bulk transfer: it moves on with `splice(2)` through
+//!   a pipe of its own (zero-copy). A side is only read while its peer has room
+//!   (backpressure); an end (`EOF`) is passed on as `shutdown(SHUT_WR)` (half-close); an
+//!   error on either side closes both.
 //! * The daemon is supervised as in the foreground: `SIGINT` and `SIGTERM` stop serving
 //!   (the listeners close, the daemon gets the signal, and `SIGKILL` after the
 //!   [stop timeout](Options::stop_timeout)); `SIGHUP`, `SIGQUIT`, `SIGUSR1` and `SIGUSR2`
@@ -100,8 +108,8 @@ use crate::sockets::{
 };
 use crate::supervisor::ready::{Probes, Strategy};
 use crate::supervisor::{
-    DEFAULT_STOP_TIMEOUT, Event, FIRST_BACKOFF, FORWARDED, Key, MAX_BACKOFF, Policy, Signals, Wait,
-    Watch, run,
+    DEFAULT_STOP_TIMEOUT, Event, FIRST_BACKOFF, FORWARDED, Interest, Key, MAX_BACKOFF, Policy,
+    Ready, Set, Signals, Wait, Watch, run,
 };
 use crate::template::Addresses;
 
@@ -564,6 +572,10 @@ impl Proxy {
         signals: Option<&Signals>,
         ready: impl FnOnce(u32),
     ) -> Result<Proxied, Error> {
+        let set = Set::new().map_err(|source| Error::Os {
+            context: "create the connections' epoll set",
+            source,
+        })?;
         let mut first = self.start(self.daemon.clone(), self.backend.clone(), 0, false)?;
         let mut ready: Option<Box<dyn FnOnce(u32) + '_>> = Some(Box::new(ready));
         if first.gate.is_none() {
@@ -590,6 +602,8 @@ impl Proxy {
             backoff: FIRST_BACKOFF,
             ready,
             proxied: Proxied::default(),
+            set,
+            scratch: flow::scratch(),
         };
         let result = run(signals, &mut policy);
         let Forward {
@@ -1122,8 +1136,8 @@ enum End {
 enum State {
     /// Waiting for the backend to listen (in [`Forward::waiting`]).
     Waiting,
-    /// A non-blocking `connect` is under way.
-    Connecting(Socket),
+    /// A non-blocking `connect` is under way (its socket waited for as said, in the set).
+    Connecting(Socket, Interest),
     /// Connected: bytes flow both ways.
     Open {
         backend: Socket,
@@ -1131,7 +1145,18 @@ enum State {
         up: Flow,
         /// Backend to client.
         down: Flow,
+        /// What the client's socket and the backend's are waited for, in the set.
+        watched: [Interest; 2],
     },
+}
+
+/// Which socket of a connection an event is for: the low bit of its token in the set.
+const CLIENT_SIDE: u64 = 0;
+const BACKEND_SIDE: u64 = 1;
+
+/// The token of socket `side` of connection `n` in the set.
+fn token(n: u64, side: u64) -> u64 {
+    n << 1 | side
 }
 
 #[derive(Debug)]
@@ -1296,6 +1321,10 @@ struct Forward<'a, 'r> {
     /// Told the first daemon's pid once it is ready.
     ready: Option<Box<dyn FnOnce(u32) + 'r>>,
     proxied: Proxied,
+    /// The sockets of the connections, waited for as their flows want.
+    set: Set,
+    /// What copying flows read into ([`flow`]).
+    scratch: Box<[u8]>,
 }
 
 impl Forward<'_, '_> {
@@ -1482,18 +1511,37 @@ impl Forward<'_, '_> {
         }
     }
 
-    /// Move connection `n` on as far as it goes now.
+    /// Move connection `n` on as far as it goes now: one just started.
     fn progress(&mut self, n: u64) {
+        self.ready(n, BACKEND_SIDE, Interest::NONE);
+    }
+
+    /// Move connection `n` on, now that its socket `side` is ready as `ready` says: only
+    /// the directions that can move do, once (a flow reads once, and writes at once what
+    /// it read); then its sockets are waited for as its flows want, changed in the set
+    /// only where that changed.
+    fn ready(&mut self, n: u64, side: u64, ready: Interest) {
         let Some(conn) = self.conns.get_mut(&n) else {
-            return;
+            return; // closed since this turn's events were taken
         };
-        if let State::Connecting(socket) = &conn.state {
+        if let State::Connecting(socket, watched) = &mut conn.state {
             match socket.take_error() {
-                // No error yet, and no peer: the connection is still under way (POLLOUT
+                // No error yet, and no peer: the connection is still under way (writable
                 // tells when it is done).
-                Ok(None) if socket.peer_addr().is_err() => return,
+                Ok(None) if socket.peer_addr().is_err() => {
+                    let want = Interest {
+                        read: false,
+                        write: true,
+                    };
+                    let fd = socket.as_raw_fd();
+                    match self.set.change(fd, token(n, BACKEND_SIDE), *watched, want) {
+                        Ok(()) => *watched = want,
+                        Err(e) => self.close(n, &format!("cannot wait for the backend: {e}")),
+                    }
+                    return;
+                }
                 Ok(None) => {
-                    let State::Connecting(backend) =
+                    let State::Connecting(backend, watched) =
                         std::mem::replace(&mut conn.state, State::Waiting)
                     else {
                         unreachable!("matched above");
@@ -1502,6 +1550,7 @@ impl Forward<'_, '_> {
                         backend,
                         up: Flow::new(),
                         down: Flow::new(),
+                        watched: [Interest::NONE, watched],
                     };
                     self.current.served = true;
                 }
@@ -1521,27 +1570,62 @@ impl Forward<'_, '_> {
                 }
             }
         }
-        let State::Open { backend, up, down } = &mut conn.state else {
+        let State::Open {
+            backend,
+            up,
+            down,
+            watched,
+        } = &mut conn.state
+        else {
             return;
         };
-        // Bounded: each step moves bytes or ends a direction; a peer that keeps the
-        // data coming is left for the next turn, so that others get theirs.
-        for _ in 0..16 {
-            let moved = up
-                .step(&conn.client, backend)
-                .and_then(|a| Ok(a | down.step(backend, &conn.client)?));
-            match moved {
-                Ok(true) => {}
-                Ok(false) => break,
-                Err(e) => {
-                    tracing::debug!("connection {n}: {e}: closed");
-                    self.remove(n);
-                    return;
-                }
+        let client = &conn.client;
+        let scratch = &mut self.scratch;
+        // The flow that writes to this side first: what it frees may let the other read.
+        let (to_side, from_side, side_socket, other) = match side {
+            CLIENT_SIDE => (&mut *down, &mut *up, client, &*backend),
+            _ => (&mut *up, &mut *down, &*backend, client),
+        };
+        let moved = (if ready.write {
+            to_side.writable(side_socket)
+        } else {
+            Ok(false)
+        })
+        .and_then(|_| {
+            if ready.read {
+                from_side.readable(side_socket, other, scratch)
+            } else {
+                Ok(false)
             }
+        });
+        if let Err(e) = moved {
+            tracing::debug!("connection {n}: {e}: closed");
+            self.remove(n);
+            return;
         }
         if up.done() && down.done() {
             self.remove(n);
+            return;
+        }
+        let want = [
+            Interest {
+                read: up.wants_read(),
+                write: down.wants_write(),
+            },
+            Interest {
+                read: down.wants_read(),
+                write: up.wants_write(),
+            },
+        ];
+        let fds = [client.as_raw_fd(), backend.as_raw_fd()];
+        for side in [CLIENT_SIDE, BACKEND_SIDE] {
+            let i = side as usize;
+            if let Err(e) = self.set.change(fds[i], token(n, side), watched[i], want[i]) {
+                tracing::warn!("connection {n}: cannot wait for its sockets ({e}): closed");
+                self.remove(n);
+                return;
+            }
+            watched[i] = want[i];
         }
     }
 
@@ -1832,34 +1916,7 @@ impl Policy for Forward<'_, '_> {
                 watch.add(Key::Listener(i), l.as_raw_fd());
             }
         }
-        for (n, conn) in &self.conns {
-            match &conn.state {
-                State::Waiting => {}
-                State::Connecting(s) => {
-                    watch.add_events(Key::Conn(*n), s.as_raw_fd(), libc::POLLOUT)
-                }
-                State::Open { backend, up, down } => {
-                    let events = |read: &Flow, write: &Flow| {
-                        let mut e = 0;
-                        if read.wants_read() {
-                            e |= libc::POLLIN;
-                        }
-                        if write.wants_write() {
-                            e |= libc::POLLOUT;
-                        }
-                        e
-                    };
-                    let client = events(up, down);
-                    if client != 0 {
-                        watch.add_events(Key::Conn(*n), conn.client.as_raw_fd(), client);
-                    }
-                    let server = events(down, up);
-                    if server != 0 {
-                        watch.add_events(Key::Conn(*n), backend.as_raw_fd(), server);
-                    }
-                }
-            }
-        }
+        watch.add_set(&self.set);
     }
 
     fn deadline(&self) -> Option<Instant> {
@@ -1951,8 +2008,8 @@ impl Policy for Forward<'_, '_> {
                 Ok(None)
             }
             Event::Readable(Key::Listener(i)) => self.accept_from(i).map(|()| None),
-            Event::Readable(Key::Conn(n)) => {
-                self.progress(n);
+            Event::Readable(Key::Conn(Ready { token, ready })) => {
+                self.ready(token >> 1, token & 1, ready);
                 Ok(None)
             }
             Event::Readable(Key::Ready(i)) => {
@@ -2011,10 +2068,7 @@ fn connect(backend: &Backend) -> Attempt {
         },
         Backend::Tcp(a) => (Domain::for_address(*a), SockAddr::from(*a)),
     };
-    let socket = match Socket::new(domain, Type::STREAM, None).and_then(|s| {
-        s.set_nonblocking(true)?;
-        Ok(s)
-    }) {
+    let socket = match Socket::new(domain, Type::STREAM.nonblocking(), None) {
         Ok(s) => s,
         Err(e) => return Attempt::Failed(e),
     };
@@ -2022,9 +2076,9 @@ fn connect(backend: &Backend) -> Attempt {
         let _ = socket.set_tcp_nodelay(true);
     }
     match socket.connect(&addr) {
-        Ok(()) => Attempt::Started(State::Connecting(socket)),
+        Ok(()) => Attempt::Started(State::Connecting(socket, Interest::NONE)),
         Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {
-            Attempt::Started(State::Connecting(socket))
+            Attempt::Started(State::Connecting(socket, Interest::NONE))
         }
         Err(e) if not_listening(&e) => Attempt::NotYet(e),
         Err(e) => Attempt::Failed(e),
