@@ -86,7 +86,7 @@
 
 mod flow;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::io::{self, Read};
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -594,6 +594,7 @@ impl Proxy {
             generations: 0,
             port_retries: 0,
             conns: HashMap::new(),
+            unopened: BTreeSet::new(),
             waiting: VecDeque::new(),
             retry_at: None,
             delay: RETRY_FIRST,
@@ -1308,6 +1309,9 @@ struct Forward<'a, 'r> {
     /// Daemons started again because another process took their TCP port first.
     port_retries: u32,
     conns: HashMap<u64, Conn>,
+    /// The connections not connected to the backend yet, oldest first (numbers grow with
+    /// the time of accept): the earliest connect timeout is the first one's.
+    unopened: BTreeSet<u64>,
     /// Connections waiting for the backend, oldest first.
     waiting: VecDeque<u64>,
     /// When to try the waiting connections again (`None`: the backend is believed up).
@@ -1363,6 +1367,7 @@ impl Forward<'_, '_> {
                 },
             );
             self.waiting.push_back(n);
+            self.unopened.insert(n);
         }
         if self.retry_at.is_none() {
             self.connect_waiting();
@@ -1546,6 +1551,7 @@ impl Forward<'_, '_> {
                     else {
                         unreachable!("matched above");
                     };
+                    self.unopened.remove(&n);
                     conn.state = State::Open {
                         backend,
                         up: Flow::new(),
@@ -1636,10 +1642,14 @@ impl Forward<'_, '_> {
         }
         let timeout = self.proxy.connect_timeout;
         let late: Vec<u64> = self
-            .conns
+            .unopened
             .iter()
-            .filter(|(_, c)| !matches!(c.state, State::Open { .. }) && now >= c.since + timeout)
-            .map(|(n, _)| *n)
+            .map_while(|n| {
+                self.conns
+                    .get(n)
+                    .filter(|c| now >= c.since + timeout)
+                    .map(|_| *n)
+            })
             .collect();
         for n in late {
             self.waiting.retain(|w| *w != n);
@@ -1850,6 +1860,7 @@ impl Forward<'_, '_> {
         let Some(conn) = self.conns.remove(&n) else {
             return false;
         };
+        self.unopened.remove(&n);
         self.release(conn.generation);
         true
     }
@@ -1922,11 +1933,10 @@ impl Policy for Forward<'_, '_> {
     fn deadline(&self) -> Option<Instant> {
         let timeout = self.proxy.connect_timeout;
         let oldest = self
-            .conns
-            .values()
-            .filter(|c| !matches!(c.state, State::Open { .. }))
-            .map(|c| c.since + timeout)
-            .min();
+            .unopened
+            .first()
+            .and_then(|n| self.conns.get(n))
+            .map(|c| c.since + timeout);
         let current = match self.restart_at {
             Some(t) => Some(t),
             None => self.current.next(),
