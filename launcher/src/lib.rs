@@ -43,9 +43,9 @@
 //! 4. `launch` and `launched`: the [`Launch`] builder and the [`Launched`] handle a test
 //!    holds (drop stops everything it owns); [`Shared`]: one daemon for a whole test binary;
 //! 5. the modes built on handles and the loop: [`restart`] (a [`Service`](restart::Service)
-//!    whose sockets outlive its daemons), [`accept`] (one daemon per connection) and
-//!    [`stack`] (daemons started at once, each told the others' addresses) and [`proxy`]
-//!    (connections forwarded to a daemon that binds its own socket).
+//!    whose sockets outlive its daemons), [`accept`] (one daemon per connection), [`proxy`]
+//!    (connections forwarded to a daemon that binds its own socket) and [`stack`] (daemons
+//!    started at once, each told the others' addresses; a proxied one behind a [`proxy`]).
 //!
 //! Feature `tokio`: `Launch::spawn_async` and `Launched::wait_async` for async tests.
 //!
