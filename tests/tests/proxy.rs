@@ -1145,3 +1145,43 @@ fn a_reader_of_its_piped_stderr_sees_the_end_once_the_proxy_is_ready() {
         "stderr stayed open while the proxy ran: a reader of it would wait for ever"
     );
 }
+
+#[test]
+fn retries_of_a_tcp_backend_that_refuses_back_off_instead_of_spinning() {
+    // On loopback a non-blocking connect is under way first and refused a moment later:
+    // that must count as a refusal, so the retries double (to 5 ms) as for a Unix backend.
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("proxy.log");
+    let mut child = ChildGuard(
+        Command::new(bin("sd-launch"))
+            .args(["--proxy", "--foreground", "--", "sh", "-c", "exec sleep 30"])
+            .arg("${backend.port}")
+            .env("RUST_LOG", "sd_launch=trace")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let mut out = BufReader::new(child.0.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    let port: u16 = line
+        .trim_end()
+        .strip_prefix("LAUNCHED_PORT=")
+        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+        .parse()
+        .unwrap();
+    let _client = TcpStream::connect(("127.0.0.1", port)).unwrap(); // waits: nobody listens
+    std::thread::sleep(Duration::from_millis(300));
+    // SAFETY: kill(2) on the child this test started.
+    unsafe { libc::kill(child.0.id() as libc::pid_t, libc::SIGTERM) };
+    assert!(exit_within(&mut child, Duration::from_secs(20)).is_some());
+    let text = std::fs::read_to_string(&log).unwrap();
+    let at_first = text.matches("retry in 1ms").count();
+    assert!(
+        (1..10).contains(&at_first),
+        "{at_first} retries at the first delay in 300 ms: the backoff was reset each time"
+    );
+    assert!(text.contains("retry in 5ms"), "{text}");
+}

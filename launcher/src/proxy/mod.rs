@@ -1477,7 +1477,9 @@ impl Forward<'_, '_> {
                         conn.state = state;
                         conn.generation = Some(self.current.number);
                         self.current.conns += 1;
-                        self.delay = RETRY_FIRST;
+                        // Not yet a success: a TCP connect on loopback is under way first
+                        // and refused a moment later. The backoff starts again only once
+                        // a connection opens.
                         self.progress(n);
                     }
                 }
@@ -1552,6 +1554,7 @@ impl Forward<'_, '_> {
                         unreachable!("matched above");
                     };
                     self.unopened.remove(&n);
+                    self.delay = RETRY_FIRST; // the backend accepts
                     conn.state = State::Open {
                         backend,
                         up: Flow::new(),
