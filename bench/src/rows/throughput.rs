@@ -9,7 +9,9 @@
 //! * socket-proxyd: `systemd-socket-proxyd 127.0.0.1:THATPORT`, socket-activated on
 //!   127.0.0.1:0 by our launcher (`sd-launch -l 127.0.0.1:0 -- systemd-socket-proxyd ...`).
 //!
-//! So all three reach one and the same server process. The loads:
+//! So all three reach one and the same server process. For Redis a fourth way, ours with the
+//! backend the docs prefer (`--port 0 --unixsocket '${backend.path}'`), is a second
+//! redis-server of the same configuration, compared with direct TCP. The loads:
 //! * Redis: `redis-benchmark -c 50 -n N -t ping,set,get --csv` (requests per second and
 //!   its latency percentiles per test), and `-t get -P 16` (pipelined);
 //! * HTTP: demo-server (`--listen 127.0.0.1:${backend.port}`), `wrk -t2 -c32 -d2s --latency`.
@@ -37,12 +39,15 @@ use crate::{Config, Row};
 const DIRECT: usize = 0;
 const OURS: usize = 1;
 const PROXYD: usize = 2;
+/// Redis only: ours with a Unix backend (`${backend.path}`), a second redis-server.
+const OURS_UNIX: usize = 3;
 
-/// How a baseline is named in the table.
-const BASELINES: [&str; 3] = [
+/// How each way is named in the table.
+const NAMES: [&str; 4] = [
     "direct (the server's own port)",
-    "",
+    "ours (TCP backend)",
     "systemd-socket-proxyd (socket-activated by sd-launch -l)",
+    "ours (Unix backend)",
 ];
 
 /// The redis-benchmark tests of `-t ping,set,get`, as its CSV names them.
@@ -252,14 +257,15 @@ fn first_ok(addr: SocketAddr, probe: fn(TcpStream) -> io::Result<()>) -> io::Res
 
 /// Start the three ways in front of one server: our proxy running `argv` (its backend a
 /// private TCP port), socket-proxyd (if present) in front of the port `own_port` finds
-/// through ours. Returns the address of each way (None: skipped).
+/// through ours. Returns the address of each way (None: skipped; [`OURS_UNIX`] is left to
+/// the caller).
 fn three_ways(
     tools: &Tools,
     argv: &[std::ffi::OsString],
     probe: fn(TcpStream) -> io::Result<()>,
     own_port: fn(SocketAddr) -> io::Result<u16>,
     started: &mut Started,
-) -> io::Result<[Option<SocketAddr>; 3]> {
+) -> io::Result<[Option<SocketAddr>; 4]> {
     let (port, pid) = proxy(&tools.sd_launch, &[], argv)?;
     started.proxies.push(pid);
     let ours = loopback(port);
@@ -279,7 +285,7 @@ fn three_ways(
         }
         None => None,
     };
-    let mut ways = [None; 3];
+    let mut ways = [None; 4];
     ways[DIRECT] = Some(direct);
     ways[OURS] = Some(ours);
     ways[PROXYD] = proxyd;
@@ -305,7 +311,7 @@ fn demo_own_port(addr: SocketAddr) -> io::Result<u16> {
 }
 
 /// The samples: per test key, per way, one per round.
-type Series = BTreeMap<String, [Vec<Sample>; 3]>;
+type Series = BTreeMap<String, [Vec<Sample>; 4]>;
 
 fn record(series: &mut Series, key: &str, way: usize, sample: Sample) {
     series.entry(key.to_owned()).or_default()[way].push(sample);
@@ -329,13 +335,25 @@ pub fn run(config: &Config) -> io::Result<Vec<Row>> {
             ]
             .map(ToOwned::to_owned)
             .to_vec();
-            Some(three_ways(
-                &tools,
-                &argv,
-                redis_ping,
-                redis_own_port,
-                &mut started,
-            )?)
+            let mut ways = three_ways(&tools, &argv, redis_ping, redis_own_port, &mut started)?;
+            // ours again with the backend the docs prefer: a Unix socket, on a second
+            // redis-server of the same configuration.
+            let unix: Vec<std::ffi::OsString> = [
+                server.as_os_str(),
+                "--port".as_ref(),
+                "0".as_ref(),
+                "--unixsocket".as_ref(),
+                "${backend.path}".as_ref(),
+                "--save".as_ref(),
+                "".as_ref(),
+            ]
+            .map(ToOwned::to_owned)
+            .to_vec();
+            let (port, pid) = proxy(&tools.sd_launch, &[], &unix)?;
+            started.proxies.push(pid);
+            first_ok(loopback(port), redis_ping)?;
+            ways[OURS_UNIX] = Some(loopback(port));
+            Some(ways)
         }
         None => None,
     };
@@ -387,7 +405,7 @@ pub fn run(config: &Config) -> io::Result<Vec<Row>> {
                         record(&mut series, key, way, sample);
                     }
                     if let Err(e) = result {
-                        errors.push(format!("redis {}: {e}", BASELINES[way]));
+                        errors.push(format!("redis, {}: {e}", NAMES[way]));
                     }
                 }
             }
@@ -406,7 +424,7 @@ pub fn run(config: &Config) -> io::Result<Vec<Row>> {
                 };
                 record(&mut series, HTTP, way, sample);
                 if let Err(e) = result {
-                    errors.push(format!("http {}: {e}", BASELINES[way]));
+                    errors.push(format!("http, {}: {e}", NAMES[way]));
                 }
             }
         }
@@ -479,47 +497,60 @@ fn what(key: &str) -> String {
     }
 }
 
-/// Requests per second, ours against direct and against socket-proxyd.
+/// Requests per second: ours against direct and against socket-proxyd, and (Redis) ours with
+/// a Unix backend against direct.
 fn rate_rows(series: &Series, key: &str, context: &str, rounds: usize) -> Vec<Row> {
     let Some(ways) = series.get(key) else {
         return Vec::new();
     };
-    let ours = summary(series, key, OURS, |s| s.rps);
     let mut rows = Vec::new();
-    for base in [DIRECT, PROXYD] {
-        if ways[base].is_empty() {
+    for (mine, base) in [(OURS, DIRECT), (OURS, PROXYD), (OURS_UNIX, DIRECT)] {
+        if ways[mine].is_empty() || ways[base].is_empty() {
             continue;
         }
+        let ours = summary(series, key, mine, |s| s.rps);
         let b = summary(series, key, base, |s| s.rps);
         let p = |way, f: fn(&Sample) -> f64| summary(series, key, way, f).median;
+        let order = if ways[OURS_UNIX].is_empty() {
+            "direct, ours, socket-proxyd"
+        } else {
+            "direct, ours, socket-proxyd, ours with a Unix backend"
+        };
         let mut note = format!(
-            "{context}; {rounds} rounds, interleaved (direct, ours, socket-proxyd); ours/baseline \
-             {:.2}x ({:+.0}%); latency p50 ours/baseline {:.3}/{:.3} ms, p99 {:.3}/{:.3} ms; \
-             failed runs ours/baseline {}/{}",
+            "{context}; {rounds} rounds, interleaved ({order}); ours/baseline {:.2}x ({:+.0}%); \
+             latency p50 ours/baseline {:.3}/{:.3} ms, p99 {:.3}/{:.3} ms; failed runs \
+             ours/baseline {}/{}",
             ours.median / b.median,
             (ours.median / b.median - 1.0) * 100.0,
-            p(OURS, |s| s.p50),
+            p(mine, |s| s.p50),
             p(base, |s| s.p50),
-            p(OURS, |s| s.p99),
+            p(mine, |s| s.p99),
             p(base, |s| s.p99),
-            failed(series, key, OURS),
+            failed(series, key, mine),
             failed(series, key, base),
         );
+        if mine == OURS_UNIX {
+            note.push_str(
+                "; ours here is a second redis-server of the same configuration, told \
+                 --port 0 --unixsocket ${backend.path}",
+            );
+        }
         if key == "GET" {
             for ping in ["PING_INLINE", "PING_MBULK"] {
-                let o = summary(series, ping, OURS, |s| s.rps).median;
+                let o = summary(series, ping, mine, |s| s.rps).median;
                 let x = summary(series, ping, base, |s| s.rps).median;
                 note.push_str(&format!("; {ping} {o:.0} vs {x:.0} req/s ({:.2}x)", o / x));
             }
         }
         rows.push(Row {
             name: format!(
-                "12. throughput through the proxy, {}, ours sd-launch --proxy (TCP backend)",
-                what(key)
+                "12. throughput through the proxy, {}, ours sd-launch --proxy ({} backend)",
+                what(key),
+                if mine == OURS_UNIX { "Unix" } else { "TCP" }
             ),
             unit: "req/s".into(),
             ours,
-            baseline_name: BASELINES[base].into(),
+            baseline_name: NAMES[base].into(),
             baseline: b,
             note,
         });
@@ -556,7 +587,7 @@ fn latency_rows(series: &Series, key: &str, rounds: usize) -> Vec<Row> {
                 ),
                 unit: "ms".into(),
                 ours,
-                baseline_name: BASELINES[base].into(),
+                baseline_name: NAMES[base].into(),
                 baseline: b,
                 note: format!(
                     "{tool}'s {label} per run, median of {rounds} runs; ours adds {:+.3} ms \
