@@ -282,7 +282,7 @@ fn id(flag: &str, name: &str) -> io::Result<u32> {
     String::from_utf8_lossy(&out.stdout)
         .trim()
         .parse()
-        .map_err(|_| io::Error::other(format!("no user {name}")))
+        .map_err(|_| io::Error::new(io::ErrorKind::NotFound, format!("no user {name}")))
 }
 
 impl Postgres {
@@ -292,8 +292,9 @@ impl Postgres {
         let dir = tempfile::Builder::new().prefix("sd-bench-pg-").tempdir()?;
         // SAFETY: getuid has no preconditions.
         let prefix: Vec<OsString> = if unsafe { libc::getuid() } == 0 {
-            let setpriv = crate::config::which(&["setpriv"])
-                .ok_or_else(|| io::Error::other("setpriv not found (util-linux)"))?;
+            let setpriv = crate::config::which(&["setpriv"]).ok_or_else(|| {
+                io::Error::new(io::ErrorKind::NotFound, "setpriv not found (util-linux)")
+            })?;
             let (uid, gid) = (id("-u", "postgres")?, id("-g", "postgres")?);
             std::os::unix::fs::chown(dir.path(), Some(uid), Some(gid))?;
             vec![
@@ -545,6 +546,10 @@ fn postgres_rows(config: &Config, sd_launch: &Path) -> Vec<Row> {
     };
     let pg = match Postgres::init(&bin) {
         Ok(pg) => pg,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            eprintln!("row 11: PostgreSQL skipped: {e}");
+            return Vec::new();
+        }
         Err(e) => {
             eprintln!("row 11: PostgreSQL FAILED to set up, its line is missing: {e}");
             return Vec::new();
