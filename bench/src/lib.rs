@@ -27,10 +27,11 @@ pub use report::Row;
 
 /// The rows, by number: 1-6 of issue 7, 7 (failed requests during restarts) of issue 8, 8
 /// (spawn cost from a big parent) of issue 14, 9 (readiness strategies against port
-/// polling) of issue 15, 10 (a chain of daemons as one stack) of issue 16.
-pub const ROWS: [u8; 10] = [1, 2, 3, 4, 5, 6, 7, 8, 9, 10];
+/// polling) of issue 15, 10 (a chain of daemons as one stack) of issue 16, 11 and 12 (the
+/// proxy mode, `sd-launch --proxy`: time to the first reply, throughput and added latency).
+pub const ROWS: [u8; 12] = [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12];
 
-/// Measure row `row` (1-10) and return its table lines. Children it starts are killed and
+/// Measure row `row` (1-12) and return its table lines. Children it starts are killed and
 /// reaped before it returns.
 ///
 /// ```no_run
@@ -51,8 +52,10 @@ pub fn run_row(config: &Config, row: u8) -> std::io::Result<Vec<Row>> {
         8 => rows::spawn::run(config),
         9 => rows::readiness::run(config),
         10 => rows::stacks::run(config),
+        11 => rows::first_reply::run(config),
+        12 => rows::throughput::run(config),
         _ => Err(std::io::Error::other(format!(
-            "no row {row}: rows are 1 to 10"
+            "no row {row}: rows are 1 to 12"
         ))),
     };
     procs::sweep_children();

@@ -20,8 +20,12 @@ struct Args {
     /// Few repetitions: a smoke test, not numbers
     #[arg(long)]
     quick: bool,
-    /// Rows to run, comma-separated (1-10)
-    #[arg(long, value_delimiter = ',', default_value = "1,2,3,4,5,6,7,8,9,10")]
+    /// Rows to run, comma-separated (1-12)
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "1,2,3,4,5,6,7,8,9,10,11,12"
+    )]
     rows: Vec<u8>,
 }
 
@@ -40,7 +44,7 @@ fn main() -> ExitCode {
         }
     };
     if let Some(bad) = args.rows.iter().find(|r| !ROWS.contains(r)) {
-        eprintln!("sd-launch-bench: no row {bad}: --rows takes numbers 1 to 10");
+        eprintln!("sd-launch-bench: no row {bad}: --rows takes numbers 1 to 12");
         return ExitCode::from(2);
     }
     let mut all = Vec::new();

@@ -50,20 +50,49 @@ pub fn kill_and_reap(pid: i32) {
     }
 }
 
-/// Kill and reap every remaining child of this process (found through `/proc`); returns how
-/// many there were. Call only when no `Child`/`Launched` handle is alive.
+/// Send `signal` to our child `pid` and reap it, waiting at most `within`; if it has not
+/// exited by then, SIGKILL and reap it ([`kill_and_reap`]). Returns whether it exited on
+/// `signal` in time. For daemons that must stop cleanly (PostgreSQL on a reused data
+/// directory) and for `sd-launch --proxy`, which stops its daemon before it exits.
 ///
 /// ```
-/// std::process::Command::new("sleep").arg("60").spawn()?; // handle dropped, still running
-/// assert!(sd_launch_bench::procs::sweep_children() >= 1);
+/// let child = std::process::Command::new("sleep").arg("60").spawn()?;
+/// let within = std::time::Duration::from_secs(5);
+/// assert!(sd_launch_bench::procs::stop_and_reap(child.id() as i32, libc::SIGTERM, within));
 /// # Ok::<(), std::io::Error>(())
 /// ```
-pub fn sweep_children() -> usize {
+pub fn stop_and_reap(pid: i32, signal: i32, within: Duration) -> bool {
+    if pid <= 0 {
+        return false;
+    }
+    // SAFETY: kill with a positive pid and a valid signal number has no memory effects.
+    unsafe { libc::kill(pid, signal) };
+    let deadline = Instant::now() + within;
+    // Bounded by the deadline and by count (200 µs, then 1 ms pauses).
+    for i in 0..100_000u32 {
+        let mut status = 0;
+        // SAFETY: `status` is a valid writable int; WNOHANG never blocks.
+        let rc = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
+        if rc != 0 {
+            return rc == pid; // reaped, or not our child (ECHILD: nothing to wait for)
+        }
+        if Instant::now() > deadline {
+            break;
+        }
+        let pause = if i < 50 { 200 } else { 1000 };
+        std::thread::sleep(Duration::from_micros(pause));
+    }
+    kill_and_reap(pid);
+    false
+}
+
+/// Our children (pid and `/proc` state letter, `Z` for an exited one not reaped yet).
+fn children() -> Vec<(i32, char)> {
     let me = std::process::id();
     let Ok(dir) = std::fs::read_dir("/proc") else {
-        return 0;
+        return Vec::new();
     };
-    let mut found = 0;
+    let mut found = Vec::new();
     for entry in dir.flatten() {
         let Some(pid) = entry
             .file_name()
@@ -76,16 +105,74 @@ pub fn sweep_children() -> usize {
             continue;
         };
         // "pid (comm) state ppid ...": comm may contain spaces, so split after the last ')'.
-        let ppid = stat
+        let mut rest = stat
             .rsplit_once(')')
-            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
-            .and_then(|s| s.parse::<u32>().ok());
-        if ppid == Some(me) {
-            kill_and_reap(pid);
-            found += 1;
+            .map_or("", |(_, rest)| rest)
+            .split_whitespace();
+        let state = rest.next().and_then(|s| s.chars().next());
+        let ppid = rest.next().and_then(|s| s.parse::<u32>().ok());
+        if let (Some(state), Some(me_too)) = (state, ppid) {
+            if me_too == me {
+                found.push((pid, state));
+            }
         }
     }
     found
+}
+
+/// Let our remaining children end on their own for up to `grace`, reaping each as it exits
+/// (a helper process that exits right after the one we stopped, such as sd-launch's
+/// guardian, which became our child when its parent exited); then kill and reap whatever
+/// still runs and return how many those were. Call only when no child of ours should be
+/// running any more.
+///
+/// ```
+/// use std::time::Duration;
+/// std::process::Command::new("true").spawn()?; // exits at once: reaped, not counted
+/// std::process::Command::new("sleep").arg("60").spawn()?; // still running: killed, counted
+/// let left = sd_launch_bench::procs::settle_children(Duration::from_millis(300));
+/// assert!(left >= 1);
+/// # Ok::<(), std::io::Error>(())
+/// ```
+pub fn settle_children(grace: Duration) -> usize {
+    let deadline = Instant::now() + grace;
+    // Bounded by the deadline and by count (1 ms pauses).
+    for _ in 0..(grace.as_millis() + 1) {
+        let running: Vec<(i32, char)> = children()
+            .into_iter()
+            .filter(|&(pid, state)| {
+                if state == 'Z' {
+                    let mut status = 0;
+                    // SAFETY: `status` is a valid writable int; WNOHANG never blocks.
+                    unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
+                    false
+                } else {
+                    true
+                }
+            })
+            .collect();
+        if running.is_empty() || Instant::now() > deadline {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    sweep_children()
+}
+
+/// Kill and reap every remaining child of this process (found through `/proc`); returns how
+/// many there were. Call only when no `Child`/`Launched` handle is alive.
+///
+/// ```
+/// std::process::Command::new("sleep").arg("60").spawn()?; // handle dropped, still running
+/// assert!(sd_launch_bench::procs::sweep_children() >= 1);
+/// # Ok::<(), std::io::Error>(())
+/// ```
+pub fn sweep_children() -> usize {
+    let found = children();
+    for &(pid, _) in &found {
+        kill_and_reap(pid);
+    }
+    found.len()
 }
 
 /// A port that was free a moment ago: bind 127.0.0.1:0, read the port, close. This is the

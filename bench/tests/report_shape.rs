@@ -1,7 +1,9 @@
 //! The harness in quick mode writes a `report.json` of the shape issue 7 specifies. Rows 5
 //! and 6 need nothing outside this crate (row 6 uses the `bench-daemon` bin target); row 7
-//! needs the workspace's `sd-launch` and `demo-server`. No timing is asserted: only the
-//! shape, that our launches never fail, and that no request fails during our restarts.
+//! needs the workspace's `sd-launch` and `demo-server`; row 11 the workspace's `sd-launch`
+//! and redis-server (and PostgreSQL, if installed). No timing is asserted: only the shape,
+//! that our launches never fail, that no request fails during our restarts, and that every
+//! start behind our proxy gets its first reply and stops cleanly.
 
 use std::process::Command;
 
@@ -192,5 +194,87 @@ fn every_stacked_chain_answers_through_the_whole_chain() {
                 "a single launch of the chain failed: {row}\n{stderr}"
             );
         }
+    }
+}
+
+/// A loud skip (as `sd_launch_tests::skip`): straight to the stderr stream, which the test
+/// harness does not capture, and a failure with `CI=true` (CI installs everything).
+fn skip(what: &str, install: &str) {
+    use std::io::Write;
+    let msg = format!("SKIPPED: {what}; {install}");
+    assert!(
+        std::env::var("CI").as_deref() != Ok("true"),
+        "{msg} (CI=true: skips are failures)"
+    );
+    let _ = writeln!(std::io::stderr(), "\n*** {msg} ***\n");
+}
+
+/// Row 11 needs redis-server and the debug `sd-launch` next to the harness (`make test`
+/// builds every binary first); PostgreSQL is used when it is installed. Every start through
+/// `sd-launch --proxy` must get its first reply, and every proxy must stop on SIGTERM with
+/// its daemon, leaving nothing running; the polls are reported, not asserted, and no timing
+/// is.
+#[test]
+fn every_start_behind_the_proxy_gets_its_first_reply() {
+    let bin_dir = std::path::Path::new(env!("CARGO_BIN_EXE_sd-launch-bench"))
+        .parent()
+        .expect("target dir")
+        .to_path_buf();
+    if !bin_dir.join("sd-launch").is_file() {
+        return skip(
+            &format!("sd-launch missing in {}", bin_dir.display()),
+            "build it with cargo build --workspace --bins",
+        );
+    }
+    let on_path = |name: &str| {
+        std::env::var_os("PATH")
+            .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(name).is_file()))
+    };
+    if !on_path("redis-server") {
+        return skip(
+            "`redis-server` not found",
+            "install it with `apt-get install -y redis-server`",
+        );
+    }
+    let out_dir = tempfile::tempdir().expect("temp dir");
+    let output = Command::new(env!("CARGO_BIN_EXE_sd-launch-bench"))
+        .args(["--quick", "--rows", "11"])
+        .env("SD_BENCH_OUT", out_dir.path())
+        .output()
+        .expect("run the harness");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "harness failed: {stderr}");
+    let text = std::fs::read_to_string(out_dir.path().join("report.json")).expect("report.json");
+    let rows: Vec<serde_json::Value> = serde_json::from_str(&text).expect("valid JSON");
+    // Redis: Unix and TCP backends against the 10 ms poll, Unix against the 1 ms poll; then
+    // PostgreSQL, when installed.
+    assert!(rows.len() == 3 || rows.len() == 4, "{rows:#?}\n{stderr}");
+    for (i, row) in rows.iter().enumerate() {
+        let name = row["name"].as_str().unwrap_or_default();
+        let (what, rounds) = if i < 3 {
+            ("redis-server", 3)
+        } else {
+            ("PostgreSQL", 2)
+        };
+        assert!(
+            name.starts_with("11. ") && name.contains(what) && name.contains("--proxy"),
+            "{row}"
+        );
+        assert_eq!(row["ours"]["unit"], "ms", "{row}");
+        assert_eq!(
+            row["ours"]["n"], rounds,
+            "a start behind the proxy failed: {row}\n{stderr}"
+        );
+        let note = row["note"].as_str().unwrap_or_default();
+        assert!(
+            note.contains("; stops needing SIGKILL 0, processes left running after a stop 0;"),
+            "the proxy and its daemon stop on SIGTERM, nothing left running: {row}"
+        );
+        assert!(
+            row["baseline"]["name"]
+                .as_str()
+                .is_some_and(|n| n.contains("poll connect every")),
+            "{row}"
+        );
     }
 }

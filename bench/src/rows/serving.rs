@@ -15,13 +15,86 @@ use crate::{Config, Row};
 /// Run wrk once against `addr`; returns requests per second. Fails on socket errors or
 /// non-2xx responses.
 pub fn wrk(wrk: &std::path::Path, addr: SocketAddr, secs: u32) -> io::Result<f64> {
+    let text = wrk_output(wrk, addr, secs, &[])?;
+    requests_per_sec(&text)
+}
+
+/// One wrk run with `--latency`: requests per second and the latency distribution.
+#[derive(Debug, Clone, Copy)]
+pub struct WrkRun {
+    /// Requests per second.
+    pub rps: f64,
+    /// Median latency, ms.
+    pub p50_ms: f64,
+    /// 99th percentile latency, ms.
+    pub p99_ms: f64,
+}
+
+/// Run `wrk --latency` once against `addr` (same load as [`wrk`]); fails as [`wrk`] does.
+pub fn wrk_latency(wrk: &std::path::Path, addr: SocketAddr, secs: u32) -> io::Result<WrkRun> {
+    let text = wrk_output(wrk, addr, secs, &["--latency"])?;
+    // "  Latency Distribution" then lines such as "     50%    2.09ms".
+    let percentile = |p: &str| {
+        text.lines()
+            .find_map(|l| l.trim().strip_prefix(p)?.trim().parse::<WrkTime>().ok())
+            .map(|t| t.0)
+            .ok_or_else(|| io::Error::other(format!("no {p} latency in wrk output: {text}")))
+    };
+    Ok(WrkRun {
+        rps: requests_per_sec(&text)?,
+        p50_ms: percentile("50%")?,
+        p99_ms: percentile("99%")?,
+    })
+}
+
+/// A wrk duration such as `812.00us`, `2.09ms`, `1.10s`, in ms.
+struct WrkTime(f64);
+
+impl std::str::FromStr for WrkTime {
+    type Err = ();
+    fn from_str(s: &str) -> Result<WrkTime, ()> {
+        let (number, scale) = if let Some(n) = s.strip_suffix("us") {
+            (n, 1e-3)
+        } else if let Some(n) = s.strip_suffix("ms") {
+            (n, 1.0)
+        } else if let Some(n) = s.strip_suffix('m') {
+            (n, 60e3)
+        } else if let Some(n) = s.strip_suffix('s') {
+            (n, 1e3)
+        } else {
+            return Err(());
+        };
+        number
+            .parse::<f64>()
+            .map(|n| WrkTime(n * scale))
+            .map_err(|_| ())
+    }
+}
+
+/// wrk's `Requests/sec:` figure.
+fn requests_per_sec(text: &str) -> io::Result<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix("Requests/sec:"))
+        .and_then(|v| v.trim().parse().ok())
+        .ok_or_else(|| io::Error::other(format!("no Requests/sec in wrk output: {text}")))
+}
+
+/// Run `wrk -t2 -c32 -dSECS --timeout 2s EXTRA http://ADDR/`; its stdout. Fails on socket
+/// errors or non-2xx responses.
+fn wrk_output(
+    wrk: &std::path::Path,
+    addr: SocketAddr,
+    secs: u32,
+    extra: &[&str],
+) -> io::Result<String> {
     let out = Command::new(wrk)
         .args(["-t2", "-c32", &format!("-d{secs}s"), "--timeout", "2s"])
+        .args(extra)
         .arg(format!("http://{addr}/"))
         .stdin(Stdio::null())
         .stderr(Stdio::null())
         .output()?;
-    let text = String::from_utf8_lossy(&out.stdout);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
     if !out.status.success() {
         return Err(io::Error::other(format!("wrk failed: {text}")));
     }
@@ -31,10 +104,7 @@ pub fn wrk(wrk: &std::path::Path, addr: SocketAddr, secs: u32) -> io::Result<f64
     {
         return Err(io::Error::other(format!("wrk: {}", line.trim())));
     }
-    text.lines()
-        .find_map(|l| l.strip_prefix("Requests/sec:"))
-        .and_then(|v| v.trim().parse().ok())
-        .ok_or_else(|| io::Error::other(format!("no Requests/sec in wrk output: {text}")))
+    Ok(text)
 }
 
 /// Measure row 4 (skipped with a message when wrk or demo-server is missing).
