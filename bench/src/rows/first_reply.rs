@@ -531,8 +531,8 @@ fn redis_rows(config: &Config, sd_launch: &Path, redis: &Path) -> Vec<Row> {
             3,
             "Unix (${backend.path})",
             "; the 1 ms poll is near the floor of a daemon that binds itself: what ours adds \
-             on top is the launcher and the proxy (its retry of the backend, 1 ms doubling to \
-             50 ms)"
+             on top is the launcher and the proxy (a Unix backend is connected when its \
+             socket file appears, a TCP one retried from 1 ms doubling to 5 ms)"
                 .into(),
         ),
     ]
