@@ -692,3 +692,32 @@ fn a_stack_file_named_without_a_directory_is_found_in_the_current_one() {
     assert!(wait_gone_within(supervisor, Duration::from_secs(20)));
     assert!(!dir.path().join("db.sock").exists(), "removed at the end");
 }
+
+#[test]
+fn a_killed_supervisor_leaves_no_proxied_daemon_nor_its_child_behind() {
+    let (dir, file) = stack_file(
+        r#"
+[daemon.cache]
+command = ["sh", "-c", "sleep 300 & echo $! > child.pid; exec sleep 300", "${backend.path}"]
+proxy = true
+"#,
+    );
+    let out = sd_launch_stack(&file, &[]);
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let supervisor: u32 = var(&text, "LAUNCHED_PID").parse().unwrap();
+    let daemon: u32 = var(&text, "CACHE_PID").parse().unwrap();
+    let child: u32 = line_in(&dir.path().join("child.pid"))
+        .trim()
+        .parse()
+        .unwrap();
+    let _guards = [Reap(daemon), Reap(child)];
+    // SAFETY: SIGKILL to the supervisor we were told about.
+    unsafe { libc::kill(supervisor as i32, libc::SIGKILL) };
+    for pid in [daemon, child] {
+        assert!(
+            wait_gone_within(pid, Duration::from_secs(20)),
+            "pid {pid} outlived the supervisor whose proxy thread started it"
+        );
+    }
+}
