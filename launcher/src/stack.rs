@@ -30,7 +30,7 @@
 //!   names the daemon, with its exit status and output tail.
 //! * A daemon that cannot take a socket (Redis, PostgreSQL) joins with [`Stack::proxy`]
 //!   (`proxy = true` in a stack file): its sockets, bound with all the others, are the
-//!   public sockets of a [proxy](crate::proxy) of its own, and its templates also name its
+//!   public sockets of a [proxy] of its own, and its templates also name its
 //!   private backend (`${backend.path}`, `${backend.port}`), so `backend` is not a daemon
 //!   name there. The proxy serves in a thread of the stack's process; its readiness wait
 //!   means what it means in proxy mode (`accepted`: it listens on its backend).
@@ -96,7 +96,7 @@ impl Stack {
         self
     }
 
-    /// Add daemon `name`, which cannot take a socket, behind a [proxy](crate::proxy) of its
+    /// Add daemon `name`, which cannot take a socket, behind a [proxy] of its
     /// own: its sockets ([`Launch::listen`], default `127.0.0.1:0`) are the proxy's public
     /// sockets, which the other daemons' templates name as usual, and its own templates tell
     /// it where to listen privately: `${backend.path}` (a Unix socket in a private
