@@ -9,7 +9,15 @@
 //! `epoll` set it changes only where an interest changed, which the `poll` waits on as one
 //! fd among the others: the wait does not grow with the connections (no array of them is
 //! built, copied into the kernel and scanned each turn), and each ready fd of the set is
-//! handed to the policy as its own event, saying for what it is ready (`Ready`). What to do with each event is the policy's:
+//! handed to the policy as its own event, saying for what it is ready (`Ready`).
+//!
+//! Decision: the other fds stay in the `poll` of each turn rather than in one epoll set
+//! for everything (which would save the proxy one syscall per busy turn). An epoll set
+//! knows an fd by its number: a policy's fd closed and its number reused under the same
+//! key (a readiness probe's socket, a restart's notify socket) would silently stop being
+//! watched, or be watched twice. Naming the few fds anew each turn cannot get that wrong.
+//!
+//! What to do with each event is the policy's:
 //! * `ready`: wait for `READY=1` from the daemon's process tree (or its exit, a stop
 //!   signal, the deadline);
 //! * `foreground`: forward signals, end with the daemon's status, `SIGKILL` after the stop
@@ -18,7 +26,9 @@
 //!   refusing a connection (its policy is built on the handles, so it sits above them);
 //! * [`accept`](crate::accept): one daemon per connection (likewise);
 //! * [`proxy`](crate::proxy): connections forwarded to a daemon that listens on its own
-//!   (likewise).
+//!   (likewise);
+//! * [`stack`](crate::stack): several daemons at once, each restarted or ending the stack
+//!   (likewise; a proxied daemon's proxy runs the proxy policy in a thread of its own).
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
