@@ -27,6 +27,9 @@ pub(super) const SCRATCH: usize = 64 * 1024;
 /// A read of at least this much makes a flow a bulk transfer: it splices from then on.
 pub(super) const BULK: usize = 16 * 1024;
 
+/// The size asked for the pipe of a bulk flow (Linux's default `fs.pipe-max-size`).
+const BULK_PIPE: libc::c_int = 1024 * 1024;
+
 /// The buffer every copying flow reads into, and sends from at once.
 pub(super) fn scratch() -> Box<[u8]> {
     vec![0; SCRATCH].into_boxed_slice()
@@ -158,6 +161,11 @@ impl Flow {
             self.bulk = false;
             match pipe() {
                 Ok((read, write)) => {
+                    // A bigger pipe moves a bulk transfer in fewer splices. Refused past
+                    // the system's limit (fs.pipe-max-size, the user's pipe quota): then
+                    // the pipe keeps its default size.
+                    // SAFETY: F_SETPIPE_SZ resizes the pipe we own; no memory of ours.
+                    unsafe { libc::fcntl(read.as_raw_fd(), libc::F_SETPIPE_SZ, BULK_PIPE) };
                     // SAFETY: F_GETPIPE_SZ reads a property of the pipe we own; no memory.
                     let cap = unsafe { libc::fcntl(read.as_raw_fd(), libc::F_GETPIPE_SZ) };
                     self.buffer = Buffer::Pipe {
