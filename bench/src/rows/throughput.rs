@@ -13,7 +13,8 @@
 //! backend the docs prefer (`--port 0 --unixsocket '${backend.path}'`), is a second
 //! redis-server of the same configuration, compared with direct TCP. The loads:
 //! * Redis: `redis-benchmark -c 50 -n N -t ping,set,get --csv` (requests per second and
-//!   its latency percentiles per test), and `-t get -P 16` (pipelined);
+//!   its latency percentiles per test), `-t get -P 16` (pipelined), and `-t set,get -d
+//!   262144` (values of 256 KiB: the bulk path, spliced);
 //! * HTTP: demo-server (`--listen 127.0.0.1:${backend.port}`), `wrk -t2 -c32 -d2s --latency`.
 //!
 //! Each measurement is preceded by one untimed request on the same path (`PING`, `GET /`),
@@ -55,6 +56,10 @@ const REDIS_TESTS: [&str; 4] = ["PING_INLINE", "PING_MBULK", "SET", "GET"];
 
 /// The key of the pipelined run.
 const PIPELINED: &str = "GET -P 16";
+/// `-t set,get -d 262144`: values of 256 KiB, where the proxy splices (zero-copy).
+const BULK_SET: &str = "SET 256 KiB";
+const BULK_GET: &str = "GET 256 KiB";
+const BULK_BYTES: &str = "262144";
 
 /// The key of the wrk run.
 const HTTP: &str = "HTTP";
@@ -380,12 +385,15 @@ pub fn run(config: &Config) -> io::Result<Vec<Row>> {
 
     let n = config.reps(10_000, 2_000);
     let n_pipelined = config.reps(200_000, 20_000);
+    let n_bulk = config.reps(2_000, 200);
     let secs = if config.quick { 1 } else { 2 };
     let rounds = config.reps(5, 1);
     let n_arg = n.to_string();
     let np_arg = n_pipelined.to_string();
     let plain = ["-t", "ping,set,get", "-n", &n_arg];
     let pipelined = ["-t", "get", "-P", "16", "-n", &np_arg];
+    let nb_arg = n_bulk.to_string();
+    let bulk = ["-t", "set,get", "-d", BULK_BYTES, "-n", &nb_arg];
     let mut series = Series::new();
     let mut errors: Vec<String> = Vec::new();
     for round in 0..rounds {
@@ -394,13 +402,18 @@ pub fn run(config: &Config) -> io::Result<Vec<Row>> {
             for (args, keys) in [
                 (&plain[..], &REDIS_TESTS[..]),
                 (&pipelined[..], &[PIPELINED][..]),
+                (&bulk[..], &[BULK_SET, BULK_GET][..]),
             ] {
                 for (way, addr) in ways.iter().enumerate() {
                     let Some(addr) = *addr else { continue };
                     let result = first_ok(addr, redis_ping)
                         .and_then(|()| redis_benchmark(bench, addr, args, scratch));
                     for &key in keys {
-                        let csv_name = if key == PIPELINED { "GET" } else { key };
+                        let csv_name = match key {
+                            PIPELINED | BULK_GET => "GET",
+                            BULK_SET => "SET",
+                            k => k,
+                        };
                         let sample = match &result {
                             Ok(tests) => tests.get(csv_name).copied().unwrap_or(Sample::FAILED),
                             Err(_) => Sample::FAILED,
@@ -448,10 +461,10 @@ pub fn run(config: &Config) -> io::Result<Vec<Row>> {
                  --listen 127.0.0.1:${{backend.port}}; its port from GET /info)"
             )
         } else {
-            let args = if key == PIPELINED {
-                format!("-t get -P 16 -n {n_pipelined}")
-            } else {
-                format!("-t ping,set,get -n {n}")
+            let args = match key {
+                PIPELINED => format!("-t get -P 16 -n {n_pipelined}"),
+                BULK_SET | BULK_GET => format!("-t set,get -d {BULK_BYTES} -n {n_bulk}"),
+                _ => format!("-t ping,set,get -n {n}"),
             };
             format!(
                 "redis-benchmark -c 50 {args} against one redis-server (ours's daemon, --port \
@@ -460,7 +473,7 @@ pub fn run(config: &Config) -> io::Result<Vec<Row>> {
         }
     };
     let mut rows = Vec::new();
-    for key in ["SET", "GET", PIPELINED, HTTP] {
+    for key in ["SET", "GET", PIPELINED, BULK_SET, BULK_GET, HTTP] {
         rows.extend(rate_rows(&series, key, &context(key), rounds));
     }
     for key in ["GET", HTTP] {
@@ -496,6 +509,8 @@ fn what(key: &str) -> String {
     match key {
         HTTP => "HTTP GET /, demo-server".into(),
         PIPELINED => "Redis GET pipelined (-P 16)".into(),
+        BULK_SET => "Redis SET of 256 KiB values".into(),
+        BULK_GET => "Redis GET of 256 KiB values".into(),
         k => format!("Redis {k}"),
     }
 }
