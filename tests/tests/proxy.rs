@@ -1185,3 +1185,48 @@ fn retries_of_a_tcp_backend_that_refuses_back_off_instead_of_spinning() {
     );
     assert!(text.contains("retry in 5ms"), "{text}");
 }
+
+#[test]
+fn a_stop_signal_to_the_command_waiting_for_readiness_stops_the_proxy_and_its_daemon() {
+    // Ctrl-C on `sd-launch --proxy --ready ...` while it waits: nobody will ever know the
+    // proxy's pid, so it must not run on until its readiness timeout (here 120 s).
+    let mark = marker("ctrl-c-while-waiting");
+    let mut child = ChildGuard(
+        Command::new(bin("sd-launch"))
+            .args(["--proxy", "--ready=120", "--", "sh", "-c", "exec sleep 300"])
+            .arg("${backend.path}")
+            .env("SD_LAUNCH_TEST_MARK", &mark)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    // The daemon runs (and waits for a READY=1 it never sends).
+    let end = Instant::now() + Duration::from_secs(20);
+    while !with_marker(&mark)
+        .iter()
+        .any(|&p| cmdline(p).first().is_some_and(|a| a == "sleep"))
+    {
+        assert!(Instant::now() < end, "the daemon never started");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // SAFETY: kill(2) on the child this test started.
+    unsafe { libc::kill(child.0.id() as libc::pid_t, libc::SIGINT) };
+    let status = exit_within(&mut child, Duration::from_secs(20)).expect("it exits");
+    assert!(!status.success(), "{status:?}");
+    let mut out = String::new();
+    child
+        .0
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
+    assert!(out.is_empty(), "printed {out:?}");
+    assert_eq!(
+        left_running(&mark),
+        Vec::<u32>::new(),
+        "the proxy or its daemon ran on after the command was stopped"
+    );
+}

@@ -190,12 +190,24 @@ fn proxy(args: &Args, foreground: bool) -> Result<i32, Error> {
     }
     let (mut ready_rx, ready_tx) =
         std::os::unix::net::UnixStream::pair().map_err(os("create the readiness channel"))?;
+    // SAFETY: getpid has no preconditions.
+    let parent = unsafe { libc::getpid() };
     // SAFETY: fork in a process with one thread (ours): the child runs on with a copy of
     // everything, as a single-threaded process.
     match unsafe { libc::fork() } {
         -1 => Err(os("fork the proxy process")(std::io::Error::last_os_error())),
         0 => {
             drop(ready_rx);
+            // Until it is ready, the proxy process lives only as long as the command that
+            // waits for it: a stop signal to that one (Ctrl-C) ends this one too, through
+            // its own SIGTERM (blocked, so the loop stops the daemon), instead of leaving
+            // a proxy whose pid nobody knows to run on until its readiness timeout.
+            // SAFETY: prctl with PR_SET_PDEATHSIG and a valid signal number.
+            unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) };
+            // SAFETY: getppid has no preconditions.
+            if unsafe { libc::getppid() } != parent {
+                return Ok(0); // the command is gone already: nothing was started
+            }
             // The proxy process: out of the caller's session, and off its stdout, so that
             // `export $(sd-launch --proxy ...)` returns once the parent has printed.
             // SAFETY: setsid takes no arguments; it fails only for a group leader, which a
@@ -213,10 +225,16 @@ fn proxy(args: &Args, foreground: bool) -> Result<i32, Error> {
             }
             drop(null);
             let mut ready_tx = Some(ready_tx);
+            let stopper = proxy.stopper();
             let proxied = proxy.serve_with(Some(&signals), |_| {
-                // Ready: the parent prints and exits; a closed channel is its news.
-                if let Some(mut tx) = ready_tx.take() {
-                    let _ = tx.write_all(b"R");
+                // Ready: from now on the proxy outlives the command, which prints and
+                // exits; if it is gone already, nobody will know this proxy: stop.
+                // SAFETY: prctl with PR_SET_PDEATHSIG 0 clears the parent-death signal.
+                unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, 0) };
+                if let Some(mut tx) = ready_tx.take()
+                    && tx.write_all(b"R").is_err()
+                {
+                    stopper.stop();
                 }
                 let_go_of_a_piped_stderr();
             })?;
@@ -224,6 +242,9 @@ fn proxy(args: &Args, foreground: bool) -> Result<i32, Error> {
         }
         pid => {
             drop(ready_tx);
+            // Ours are the caller's signals again while we wait for the report: a Ctrl-C
+            // ends this command (and, through its parent-death signal, the proxy process).
+            drop(signals);
             // The proxy process owns the sockets, the backend directory and the socket
             // files from now on: ours must not remove them on the way out.
             let sockets = proxy.sockets().to_vec();
