@@ -721,3 +721,62 @@ proxy = true
         );
     }
 }
+
+#[test]
+fn a_stop_signal_to_the_command_waiting_for_the_stack_stops_the_stack() {
+    // Ctrl-C on `sd-launch --stack FILE` while it waits for a readiness wait of 120 s:
+    // nobody will ever know the supervisor's pid, so the stack must not run on.
+    let mark = format!("sd-launch-test-{}-stack-ctrl-c", std::process::id());
+    let (_dir, file) = stack_file(&format!(
+        "[daemon.slow]\ncommand = [\"sleep\", \"300\"]\nenv = {{ SD_LAUNCH_TEST_MARK = \"{mark}\" }}\n\
+         ready = \"notify\"\nready_timeout = 120\n"
+    ));
+    let with_mark = || -> Vec<u32> {
+        std::fs::read_dir("/proc")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+            .filter(|pid| {
+                std::fs::read(format!("/proc/{pid}/environ"))
+                    .is_ok_and(|c| c.windows(mark.len()).any(|w| w == mark.as_bytes()))
+            })
+            .filter(|pid| sd_launch_tests::alive(*pid))
+            .collect()
+    };
+    let mut command = sd_launch_tests::ChildGuard(
+        Command::new(bin("sd-launch"))
+            .arg("--stack")
+            .arg(&file)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let end = std::time::Instant::now() + Duration::from_secs(20);
+    let daemon = loop {
+        if let Some(pid) = with_mark().into_iter().find(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/comm")).is_ok_and(|c| c.trim() == "sleep")
+        }) {
+            break pid;
+        }
+        assert!(std::time::Instant::now() < end, "the daemon never started");
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let _guard = Reap(daemon);
+    // SAFETY: kill(2) on the child this test started.
+    unsafe { libc::kill(command.0.id() as libc::pid_t, libc::SIGINT) };
+    let end = std::time::Instant::now() + Duration::from_secs(20);
+    while command.0.try_wait().unwrap().is_none() {
+        assert!(
+            std::time::Instant::now() < end,
+            "the command did not exit on SIGINT"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(
+        wait_gone_within(daemon, Duration::from_secs(30)),
+        "the stack ran on after the command that started it was stopped"
+    );
+}

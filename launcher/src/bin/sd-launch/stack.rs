@@ -244,6 +244,8 @@ pub(crate) fn run(args: &Args) -> Result<i32, Error> {
 /// through a socket pair; this process prints the report and exits with its code.
 fn background(args: &Args, stack: &Stack) -> Result<i32, Error> {
     let (mut report, theirs) = UnixStream::pair().map_err(os("create the report channel"))?;
+    // SAFETY: getpid has no preconditions.
+    let parent = unsafe { libc::getpid() };
     // SAFETY: sd-launch has one thread here (no runtime, no capture yet), so the child may
     // do anything a new process may.
     let pid = unsafe { libc::fork() };
@@ -255,7 +257,7 @@ fn background(args: &Args, stack: &Stack) -> Result<i32, Error> {
     }
     if pid == 0 {
         drop(report);
-        std::process::exit(supervisor(args, stack, theirs));
+        std::process::exit(supervisor(args, stack, theirs, parent));
     }
     drop(theirs);
     let mut text = String::new();
@@ -276,7 +278,16 @@ fn background(args: &Args, stack: &Stack) -> Result<i32, Error> {
 }
 
 /// The supervisor process: start, report, supervise; returns its exit code.
-fn supervisor(args: &Args, stack: &Stack, mut report: UnixStream) -> i32 {
+fn supervisor(args: &Args, stack: &Stack, mut report: UnixStream, parent: libc::pid_t) -> i32 {
+    // Until it has reported, the supervisor lives only as long as the command waiting for
+    // the report: a Ctrl-C to that one ends the start here too (SIGTERM, a stop signal of
+    // the readiness wait), instead of a stack whose supervisor nobody knows running on.
+    // SAFETY: prctl with PR_SET_PDEATHSIG and a valid signal number.
+    unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) };
+    // SAFETY: getppid has no preconditions.
+    if unsafe { libc::getppid() } != parent {
+        return 4; // the command is gone already: nothing was started
+    }
     // SAFETY: setsid has no memory effects; a session of its own keeps the supervisor out
     // of the terminal's signals to the caller's job.
     unsafe { libc::setsid() };
@@ -295,6 +306,10 @@ fn supervisor(args: &Args, stack: &Stack, mut report: UnixStream) -> i32 {
         }
     };
     let text = render(args, std::process::id(), &running);
+    // From now on the stack outlives the command; if that one is gone already, the write
+    // fails and the stack stops.
+    // SAFETY: prctl with PR_SET_PDEATHSIG 0 clears the parent-death signal.
+    unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, 0) };
     if write!(report, "0\n{text}").is_err() {
         return 4; // the command is gone: the daemons are stopped as `running` drops
     }
