@@ -578,12 +578,11 @@ impl Proxy {
         })?;
         let mut first = self.start(self.daemon.clone(), self.backend.clone(), 0, false)?;
         let mut ready: Option<Box<dyn FnOnce(u32) + '_>> = Some(Box::new(ready));
-        if first.gate.is_none() {
-            (ready.take().expect("not called yet"))(first.daemon.pid());
-        } else if let Err(e) = first.look(false) {
+        if let Err(e) = first.look(false) {
             let _ = first.daemon.kill();
             return Err(e);
-        } else if first.gate.is_none() {
+        }
+        if first.gate.is_none() {
             (ready.take().expect("not called yet"))(first.daemon.pid());
         }
         let mut policy = Forward {
@@ -671,22 +670,9 @@ impl Proxy {
             daemon.program(),
             daemon.pid(),
         );
-        let (kind, address) = match &backend {
-            Backend::Unix(path) => (SocketKind::UnixStream, Address::Unix(path.clone())),
-            Backend::Tcp(addr) => (SocketKind::Tcp, Address::Inet(*addr)),
-        };
-        let socket = [LaunchedSocket {
-            fd: -1,
-            name: Some(BACKEND.into()),
-            kind,
-            address: Some(address.clone()),
-        }];
-        let probes = Probes {
-            notify: prepared.notify.as_ref(),
-            capture: daemon.capture(),
-            sockets: &socket,
-            listeners: &[],
-        };
+        let socket = backend_socket(&backend);
+        let address = socket.address.clone().expect("the backend has an address");
+        let probes = probes(&prepared, &daemon, &socket);
         let gate = match prepared.ready.clone() {
             Some((wait, timeout)) => {
                 let strategy = match &wait {
@@ -714,7 +700,6 @@ impl Proxy {
             }),
             None => None,
         };
-        let [socket] = socket;
         Ok(Generation {
             number,
             daemon,
@@ -1094,21 +1079,27 @@ fn backend_for(
 }
 
 /// `template` told `backend`: its templates expanded.
+/// The backend as a socket, named [`BACKEND`] (no fd of ours): what its templates and an
+/// HTTP readiness check use.
+fn backend_socket(backend: &Backend) -> LaunchedSocket {
+    let (kind, address) = match backend {
+        Backend::Unix(path) => (SocketKind::UnixStream, Address::Unix(path.clone())),
+        Backend::Tcp(addr) => (SocketKind::Tcp, Address::Inet(*addr)),
+    };
+    LaunchedSocket {
+        fd: -1,
+        name: Some(BACKEND.into()),
+        kind,
+        address: Some(address),
+    }
+}
+
 fn expand(
     template: &Launch,
     backend: &Backend,
     peers: &[(String, Vec<LaunchedSocket>)],
 ) -> Result<Launch, Error> {
-    let (kind, address) = match backend {
-        Backend::Unix(path) => (SocketKind::UnixStream, Address::Unix(path.clone())),
-        Backend::Tcp(addr) => (SocketKind::Tcp, Address::Inet(*addr)),
-    };
-    let described = [LaunchedSocket {
-        fd: -1,
-        name: Some(BACKEND.into()),
-        kind,
-        address: Some(address),
-    }];
+    let described = [backend_socket(backend)];
     let mut addresses = Addresses::default();
     addresses.add(BACKEND, &described);
     for (name, sockets) in peers {
@@ -1208,6 +1199,21 @@ struct Gate {
     what: String,
 }
 
+/// What a daemon's readiness check looks at: its notification socket, its captured output,
+/// its backend (no copies of listening sockets: it has none of ours).
+fn probes<'a>(
+    prepared: &'a Prepared,
+    daemon: &'a Launched,
+    backend: &'a LaunchedSocket,
+) -> Probes<'a> {
+    Probes {
+        notify: prepared.notify.as_ref(),
+        capture: daemon.capture(),
+        sockets: std::slice::from_ref(backend),
+        listeners: &[],
+    }
+}
+
 impl Generation {
     /// Look whether it is ready now (`readable`: its check's fd woke the loop); opens the
     /// gate when it is.
@@ -1222,13 +1228,9 @@ impl Generation {
         let Some(g) = gate else {
             return Ok(());
         };
-        let probes = Probes {
-            notify: prepared.notify.as_ref(),
-            capture: daemon.capture(),
-            sockets: std::slice::from_ref(socket),
-            listeners: &[],
-        };
-        if g.strategy.check(&probes, daemon.pid(), readable)? {
+        if g.strategy
+            .check(&probes(prepared, daemon, socket), daemon.pid(), readable)?
+        {
             tracing::debug!(
                 "{} (pid {}) is ready: it did {}",
                 daemon.program(),
@@ -1242,12 +1244,7 @@ impl Generation {
 
     fn watch(&self, key: Key, watch: &mut Watch) {
         if let Some(g) = &self.gate {
-            let probes = Probes {
-                notify: self.prepared.notify.as_ref(),
-                capture: self.daemon.capture(),
-                sockets: std::slice::from_ref(&self.socket),
-                listeners: &[],
-            };
+            let probes = probes(&self.prepared, &self.daemon, &self.socket);
             g.strategy.watch(&probes, key, watch);
         }
     }
