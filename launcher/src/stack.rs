@@ -170,6 +170,8 @@ impl Stack {
         let mut starting = Vec::new();
         let mut names = Vec::with_capacity(prepared.len());
         let mut slots = Vec::with_capacity(prepared.len());
+        // The names of `direct` and `starting`, index for index (for their errors).
+        let (mut direct_names, mut proxied_names) = (Vec::new(), Vec::new());
         let mut first_error = None;
         // The proxies first: each starts its daemon in its own thread, which then runs on
         // while the others start.
@@ -179,6 +181,7 @@ impl Stack {
                 Member::Proxied(p) => match p.start_serving() {
                     Ok(s) => {
                         slots.push(Slot::Proxied(starting.len()));
+                        proxied_names.push(name.clone());
                         names.push(name);
                         starting.push(s);
                     }
@@ -214,31 +217,20 @@ impl Stack {
                 kept.push(None);
             }
             slots.push(Slot::Direct(direct.len() - 1));
+            direct_names.push(name.clone());
             names.push(name);
         }
         if let Some(e) = first_error {
             return Err(e); // everything drops: every daemon started is stopped
         }
-        let direct_names: Vec<&String> = names
-            .iter()
-            .zip(&slots)
-            .filter(|(_, s)| matches!(s, Slot::Direct(_)))
-            .map(|(n, _)| n)
-            .collect();
         if let Err((which, e)) = wait_all_ready(&mut direct, signals) {
             return Err(match which {
-                Some(i) => stack_error(direct_names[i], e),
+                Some(i) => stack_error(&direct_names[i], e),
                 None => e,
             });
         }
         // Meanwhile the proxied daemons became ready too, or are about to.
         let mut proxies = Vec::with_capacity(starting.len());
-        let proxied_names: Vec<String> = names
-            .iter()
-            .zip(&slots)
-            .filter(|(_, s)| matches!(s, Slot::Proxied(_)))
-            .map(|(n, _)| n.clone())
-            .collect();
         for (s, name) in starting.into_iter().zip(&proxied_names) {
             proxies.push(s.ready().map_err(|e| stack_error(name, e))?);
         }
@@ -294,10 +286,7 @@ impl Stack {
         for (name, launch) in &self.daemons {
             bound.push(launch.bind_sockets().map_err(|e| stack_error(name, e))?);
         }
-        let mut addresses = Addresses::default();
-        for ((name, _), b) in self.daemons.iter().zip(&bound) {
-            addresses.add(name, b.as_ref().map_or(&[][..], |b| b.sockets()));
-        }
+        // Every daemon's sockets by name: for the templates, here and in the proxies.
         let peers: Vec<(String, Vec<LaunchedSocket>)> = self
             .daemons
             .iter()
@@ -309,6 +298,10 @@ impl Stack {
                 )
             })
             .collect();
+        let mut addresses = Addresses::default();
+        for (name, sockets) in &peers {
+            addresses.add(name, sockets);
+        }
         let mut launches = Vec::with_capacity(self.daemons.len());
         for (name, launch) in &self.daemons {
             if self.proxied.contains(name) {
