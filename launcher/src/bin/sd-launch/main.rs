@@ -198,14 +198,8 @@ fn proxy(args: &Args, foreground: bool) -> Result<i32, Error> {
         -1 => Err(os("fork the proxy process")(std::io::Error::last_os_error())),
         0 => {
             drop(ready_rx);
-            // Until it is ready, the proxy process lives only as long as the command that
-            // waits for it: a stop signal to that one (Ctrl-C) ends this one too, through
-            // its own SIGTERM (blocked, so the loop stops the daemon), instead of leaving
-            // a proxy whose pid nobody knows to run on until its readiness timeout.
-            // SAFETY: prctl with PR_SET_PDEATHSIG and a valid signal number.
-            unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) };
-            // SAFETY: getppid has no preconditions.
-            if unsafe { libc::getppid() } != parent {
+            // Its SIGTERM is blocked: the loop takes it and stops the daemon.
+            if !tie_to(parent) {
                 return Ok(0); // the command is gone already: nothing was started
             }
             // The proxy process: out of the caller's session, and off its stdout, so that
@@ -229,8 +223,7 @@ fn proxy(args: &Args, foreground: bool) -> Result<i32, Error> {
             let proxied = proxy.serve_with(Some(&signals), |_| {
                 // Ready: from now on the proxy outlives the command, which prints and
                 // exits; if it is gone already, nobody will know this proxy: stop.
-                // SAFETY: prctl with PR_SET_PDEATHSIG 0 clears the parent-death signal.
-                unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, 0) };
+                untie();
                 if let Some(mut tx) = ready_tx.take()
                     && tx.write_all(b"R").is_err()
                 {
@@ -280,6 +273,26 @@ fn proxy(args: &Args, foreground: bool) -> Result<i32, Error> {
             Ok(0)
         }
     }
+}
+
+/// In a process forked to stay in the background (the proxy process, a stack's
+/// supervisor), until it has reported: live only as long as the command `parent` that waits
+/// for the report, so that a stop signal to that one (Ctrl-C) ends this one too, through
+/// SIGTERM, instead of leaving a process whose pid nobody knows to run on until its
+/// readiness timeout. `false`: the command is gone already.
+pub(crate) fn tie_to(parent: libc::pid_t) -> bool {
+    // SAFETY: prctl with PR_SET_PDEATHSIG and a valid signal number.
+    unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) };
+    // SAFETY: getppid has no preconditions.
+    unsafe { libc::getppid() == parent }
+}
+
+/// Before the report of a [`tie_to`] process: from now on it outlives the command (whose
+/// exit after the report must not stop it; if the command is gone already, the report's
+/// write fails and says so).
+pub(crate) fn untie() {
+    // SAFETY: prctl with PR_SET_PDEATHSIG 0 clears the parent-death signal.
+    unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, 0) };
 }
 
 /// The background proxy process keeps the caller's stderr for its log when it is a file or

@@ -279,13 +279,8 @@ fn background(args: &Args, stack: &Stack) -> Result<i32, Error> {
 
 /// The supervisor process: start, report, supervise; returns its exit code.
 fn supervisor(args: &Args, stack: &Stack, mut report: UnixStream, parent: libc::pid_t) -> i32 {
-    // Until it has reported, the supervisor lives only as long as the command waiting for
-    // the report: a Ctrl-C to that one ends the start here too (SIGTERM, a stop signal of
-    // the readiness wait), instead of a stack whose supervisor nobody knows running on.
-    // SAFETY: prctl with PR_SET_PDEATHSIG and a valid signal number.
-    unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) };
-    // SAFETY: getppid has no preconditions.
-    if unsafe { libc::getppid() } != parent {
+    // Its SIGTERM (blocked below) is a stop signal of the readiness wait.
+    if !crate::tie_to(parent) {
         return 4; // the command is gone already: nothing was started
     }
     // SAFETY: setsid has no memory effects; a session of its own keeps the supervisor out
@@ -308,8 +303,7 @@ fn supervisor(args: &Args, stack: &Stack, mut report: UnixStream, parent: libc::
     let text = render(args, std::process::id(), &running);
     // From now on the stack outlives the command; if that one is gone already, the write
     // fails and the stack stops.
-    // SAFETY: prctl with PR_SET_PDEATHSIG 0 clears the parent-death signal.
-    unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, 0) };
+    crate::untie();
     if write!(report, "0\n{text}").is_err() {
         return 4; // the command is gone: the daemons are stopped as `running` drops
     }
